@@ -1,0 +1,119 @@
+"""The ``lbt`` command: ``lbt train``, ``lbt plan`` and the tools.
+
+``lbt train [--config configs/x.py] [--workdir DIR] [--config.a.b=value ...]``
+With no ``--config`` it trains the embedded default (digits, see ``lbt.config.base_config``).
+On a CPU-only machine JAX gets ``--num_cpu_devices`` (default 8) simulated devices; the flag
+(or ``LBT_NUM_CPU_DEVICES``) must be applied before JAX starts, which this module does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Sequence
+
+from lbt.errors import ConfigError, TrainingError
+
+EXIT_CONFIG = 2
+EXIT_TRAINING = 3
+
+SUBCOMMANDS = {
+    "train": "train a model (default: the embedded digits config)",
+    "plan": "print the phases, steps and noise scale of a config's Plan (lbt.tools.plan)",
+}
+
+
+def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    rest, overrides = [], []
+    for a in argv:
+        (overrides if a.startswith("--config.") else rest).append(a)
+    return rest, overrides
+
+
+def setup_jax(num_cpu_devices: int | None) -> None:
+    """Give the CPU backend ``num_cpu_devices`` devices before any backend starts."""
+    import jax
+
+    n = num_cpu_devices if num_cpu_devices is not None else int(os.environ.get("LBT_NUM_CPU_DEVICES", "8"))
+    jax.config.update("jax_num_cpu_devices", n)
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lbt train", allow_abbrev=False, description="Train with a growing batch.")
+    p.add_argument("--config", default=None, help="config file configs/<name>.py (default: embedded digits)")
+    p.add_argument("--workdir", default="runs/default", help="output directory (metrics, TensorBoard, checkpoints)")
+    p.add_argument("--num_cpu_devices", type=int, default=None, help="simulated CPU devices (default 8 or $LBT_NUM_CPU_DEVICES)")
+    p.add_argument("--coordinator_address", default=None, help="multi-process: host:port of process 0")
+    p.add_argument("--num_processes", type=int, default=None, help="multi-process: number of processes")
+    p.add_argument("--process_id", type=int, default=None, help="multi-process: this process's index")
+    p.add_argument("--print_config", action="store_true", help="print the resolved config and exit")
+    return p
+
+
+def cmd_train(argv: Sequence[str]) -> int:
+    rest, overrides = _split_overrides(argv)
+    args = _train_parser().parse_args(rest)
+    from lbt import config as config_lib
+
+    config = config_lib.load_config(args.config, overrides)  # fails fast, before JAX starts
+    if args.print_config:
+        print(config_lib.to_json(config))
+        return 0
+    setup_jax(args.num_cpu_devices)
+    from lbt.parallel import distributed
+
+    spec = distributed.detect_cluster(
+        os.environ,
+        coordinator_address=args.coordinator_address,
+        num_processes=args.num_processes,
+        process_id=args.process_id,
+    )
+    distributed.initialize(spec)
+    logging.getLogger("lbt").info("%s", distributed.describe())
+    from lbt.train.loop import train
+
+    summary = train(config, args.workdir)
+    if distributed.is_primary():
+        print(json.dumps(summary))
+    return 0
+
+
+def _dispatch(cmd: str, argv: Sequence[str]) -> int:
+    if cmd == "train":
+        return cmd_train(argv)
+    if cmd == "plan":
+        from lbt.tools.plan import main as plan_main
+
+        return plan_main(list(argv))
+    raise AssertionError(cmd)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="lbt: %(message)s", stream=sys.stderr)
+    for noisy in ("absl", "jax._src", "orbax"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: lbt <command> [options]\n\ncommands:")
+        for name, text in SUBCOMMANDS.items():
+            print(f"  {name:<16}{text}")
+        return 0 if argv else EXIT_CONFIG
+    cmd, rest = argv[0], argv[1:]
+    if cmd not in SUBCOMMANDS:
+        print(f"lbt: error: unknown command {cmd!r}; choose one of {', '.join(SUBCOMMANDS)}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        return _dispatch(cmd, rest)
+    except ConfigError as e:
+        print(f"lbt: error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except TrainingError as e:
+        print(f"lbt: error: {e}", file=sys.stderr)
+        return EXIT_TRAINING
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""Config schema, defaults, loading of ``configs/*.py`` files, overrides and validation.
+
+Configs are ``ml_collections.ConfigDict`` objects. A config file defines ``get_config()``. The
+schema is :func:`base_config` (which is also the embedded default: digits on a small CNN); a
+config file or an override may only set keys that exist there, so a typo fails fast with the
+name of the field and the valid keys.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import ml_collections
+
+from lbt.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "lars", "lamb")
+DTYPES = ("float32", "bfloat16")
+NONFINITE_POLICIES = ("stop", "rollback")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The full schema with defaults. With no ``--config``, ``lbt train`` trains exactly this.
+
+    Defaults: scikit-learn digits (offline), a small CNN with ghost BN, momentum SGD, and a batch
+    that grows 64 -> 128 -> 256 instead of the LR decaying (Smith et al. 2018).
+    """
+    from lbt.schedules.plan import default_schedule_config
+
+    c = ml_collections.ConfigDict()
+    c.name = "digits"
+    c.seed = 0
+
+    c.dataset = ml_collections.ConfigDict()
+    c.dataset.name = "digits"  # digits | npz | cifar10 | imagenet2012
+    c.dataset.path = ""  # npz: a .npz file with `images` [N,H,W(,C)] and `labels` [N]
+    c.dataset.data_dir = ""  # tfds data_dir for cifar10 / imagenet2012 ("" = tfds default)
+    c.dataset.test_fraction = 0.2  # digits / npz: held-out fraction (deterministic split)
+    c.dataset.split_seed = 0  # digits / npz: seed of the train/test split
+    c.dataset.image_size = 0  # imagenet2012: crop size (0 = model default, 224 or 299)
+    c.dataset.on_corrupt = "error"  # error | skip: what to do with an undecodable example
+    c.dataset.augment = True  # random crop/flip where the dataset defines one
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "cnn"  # cnn | resnet18 | resnet50 | wrn16_4 | inception_resnet_v2
+    c.model.width = 32  # cnn: channels of the first conv
+    c.model.ghost_batch_size = 16  # G: BN statistics over groups of G consecutive examples; 0 = M
+    c.model.bn_momentum = 0.9  # EMA decay of the running statistics used at eval
+    c.model.bn_epsilon = 1e-5
+    c.model.dtype = "float32"  # float32 | bfloat16 (compute); params and accumulation stay f32
+    c.model.zero_init_last_bn = False  # Goyal et al. 2017: last BN scale of a residual block = 0
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "momentum"  # sgd | momentum | nesterov | adam | lars | lamb
+    c.optimizer.weight_decay = 0.0
+    c.optimizer.decay_bn_and_bias = False  # False: weight decay masks out BN and bias params
+    c.optimizer.b2 = 0.999  # adam / lamb (b1 is the schedule's momentum)
+    c.optimizer.eps = 1e-8  # adam / lamb
+    c.optimizer.trust_coefficient = 0.001  # lars
+
+    c.train = ml_collections.ConfigDict()
+    c.train.global_microbatch = 64  # M, fixed for the run; B = k * M
+    c.train.label_smoothing = 0.0
+    c.train.eval_every_epochs = 5.0  # 0 = only at the end
+    c.train.log_every_steps = 10
+    c.train.on_nonfinite = "stop"  # stop | rollback
+    c.train.progress = True  # progress bar on stderr
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_epochs = 0.0  # 0 = off (any of the three may trigger)
+    c.checkpoint.every_examples = 0
+    c.checkpoint.every_minutes = 0.0
+    c.checkpoint.keep = 3
+
+    c.schedule = default_schedule_config()
+    s = c.schedule
+    s.epochs = 30.0
+    s.base_lr = 0.1
+    s.momentum = 0.9
+    s.global_batch = 64
+    s.lr.name = "step"
+    s.lr.milestones = (10.0, 20.0)
+    s.lr.factor = 2.0
+    s.batch.mode = "increase_batch"
+    return c
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and overrides
+
+
+def load_config(path: str | None, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """Load ``path`` (a file defining ``get_config()``; ``None`` = the embedded default) and apply
+    ``overrides`` of the form ``--config.a.b=value`` (or ``a.b=value``)."""
+    if path is None:
+        config = base_config()
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError("file", f"no config file at {path!r}; pass an existing configs/<name>.py")
+        spec = importlib.util.spec_from_file_location(f"lbt_config_{p.stem}", p)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        if not hasattr(module, "get_config"):
+            raise ConfigError("file", f"{path} defines no get_config(); add one returning a ConfigDict")
+        config = module.get_config()
+    check_known_keys(config)
+    for item in overrides:
+        apply_override(config, item)
+    return config
+
+
+def _parse_value(text: str, current: Any, field: str) -> Any:
+    if isinstance(current, bool):
+        low = text.lower()
+        if low in ("true", "1", "yes"):
+            return True
+        if low in ("false", "0", "no"):
+            return False
+        raise ConfigError(field, f"expected true or false, got {text!r}")
+    if isinstance(current, str):
+        return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise ConfigError(field, f"cannot parse {text!r} as {type(current).__name__}") from None
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(current, tuple) and isinstance(value, (list, int, float)):
+        value = tuple(value) if isinstance(value, list) else (value,)
+    if current is not None and not isinstance(value, type(current)):
+        raise ConfigError(
+            field, f"expected {type(current).__name__}, got {text!r}; write e.g. {current!r}"
+        )
+    return value
+
+
+def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
+    """Apply one ``--config.a.b=value`` override in place."""
+    text = item[2:] if item.startswith("--") else item
+    if text.startswith("config."):
+        text = text[len("config.") :]
+    if "=" not in text:
+        raise ConfigError(text, "override needs a value: --config.a.b=value")
+    key, value = text.split("=", 1)
+    parts = key.split(".")
+    node = config
+    for i, part in enumerate(parts[:-1]):
+        if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+            raise ConfigError(".".join(parts[: i + 1]), _unknown(node, part))
+        node = node[part]
+    leaf = parts[-1]
+    if leaf not in node:
+        raise ConfigError(key, _unknown(node, leaf))
+    if isinstance(node[leaf], ml_collections.ConfigDict):
+        raise ConfigError(key, "is a section; set one of its fields, e.g. " f"--config.{key}.{next(iter(node[leaf].keys()))}=...")
+    with node.unlocked():
+        node[leaf] = _parse_value(value, node[leaf], key)
+
+
+def _unknown(node: ml_collections.ConfigDict, key: str) -> str:
+    return f"unknown key {key!r}; valid keys here: {', '.join(sorted(node.keys()))}"
+
+
+def check_known_keys(config: ml_collections.ConfigDict) -> None:
+    """Every key of ``config`` must exist in :func:`base_config` (catches typos in config files)."""
+    _check_keys(config, base_config(), "")
+
+
+def _check_keys(node: Any, schema: Any, prefix: str) -> None:
+    for key in node.keys():
+        field = f"{prefix}{key}"
+        if key not in schema:
+            raise ConfigError(field, _unknown(schema, key))
+        if isinstance(node[key], ml_collections.ConfigDict):
+            if not isinstance(schema[key], ml_collections.ConfigDict):
+                raise ConfigError(field, "is a value, not a section")
+            _check_keys(node[key], schema[key], field + ".")
+    if prefix == "":
+        for key in schema.keys():
+            if key not in node:
+                raise ConfigError(key, "missing section; build configs from lbt.config.base_config()")
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation (before any compile)
+
+
+def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_train: int) -> None:
+    """Raise :class:`ConfigError` naming the field and the fix for any invalid value."""
+    from lbt.data.registry import DATASETS
+    from lbt.models import MODELS
+    from lbt.schedules.plan import validate_schedule
+
+    check_known_keys(config)
+    if config.dataset.name not in DATASETS:
+        raise ConfigError("dataset.name", f"unknown dataset {config.dataset.name!r}; choose one of {', '.join(DATASETS)}")
+    if config.model.name not in MODELS:
+        raise ConfigError("model.name", f"unknown model {config.model.name!r}; choose one of {', '.join(MODELS)}")
+    if config.optimizer.name not in OPTIMIZERS:
+        raise ConfigError("optimizer.name", f"unknown optimizer {config.optimizer.name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    if config.model.dtype not in DTYPES:
+        raise ConfigError("model.dtype", f"unknown dtype {config.model.dtype!r}; choose float32 or bfloat16")
+    if config.train.on_nonfinite not in NONFINITE_POLICIES:
+        raise ConfigError("train.on_nonfinite", f"unknown policy {config.train.on_nonfinite!r}; choose stop or rollback")
+    if config.optimizer.weight_decay < 0:
+        raise ConfigError("optimizer.weight_decay", f"must be >= 0, got {config.optimizer.weight_decay}")
+    if not 0.0 <= config.train.label_smoothing < 1.0:
+        raise ConfigError("train.label_smoothing", f"must be in [0, 1), got {config.train.label_smoothing}")
+    if not 0.0 <= config.model.bn_momentum < 1.0:
+        raise ConfigError("model.bn_momentum", f"must be in [0, 1), got {config.model.bn_momentum}")
+    if config.train.log_every_steps < 1:
+        raise ConfigError("train.log_every_steps", f"must be >= 1, got {config.train.log_every_steps}")
+    m = config.train.global_microbatch
+    if m <= 0:
+        raise ConfigError("train.global_microbatch", f"must be positive, got {m}")
+    if m % num_devices:
+        lo = max(num_devices, m // num_devices * num_devices)
+        raise ConfigError(
+            "train.global_microbatch",
+            f"{m} is not divisible by the {num_devices} devices; use a multiple of {num_devices} such as {lo} or {lo + num_devices}",
+        )
+    g = config.model.ghost_batch_size
+    if g < 0:
+        raise ConfigError("model.ghost_batch_size", f"must be >= 0 (0 = the whole global microbatch), got {g}")
+    if g:
+        ghost_layout(g, m, num_devices)  # raises with the fix
+    if config.checkpoint.keep < 1:
+        raise ConfigError("checkpoint.keep", f"must be >= 1, got {config.checkpoint.keep}")
+    for f in ("every_epochs", "every_examples", "every_minutes"):
+        if config.checkpoint[f] < 0:
+            raise ConfigError(f"checkpoint.{f}", f"must be >= 0 (0 = off), got {config.checkpoint[f]}")
+    validate_schedule(config, num_train)
+
+
+def ghost_layout(ghost: int, microbatch: int, num_devices: int) -> tuple[int, int]:
+    """Return ``(G, devices_per_group)`` for ghost size ``ghost`` (0 = M) and check it.
+
+    G must divide M. If G <= b (= M / devices) it must divide b (groups are device-local);
+    if G > b it must be a multiple of b, and a group spans G / b devices (cross-replica ghost BN).
+    """
+    g = ghost or microbatch
+    b = microbatch // num_devices
+    if microbatch % g:
+        raise ConfigError(
+            "model.ghost_batch_size",
+            f"{g} does not divide the global microbatch {microbatch}; pick a divisor such as {_divisor_near(microbatch, g)}",
+        )
+    if g <= b:
+        if b % g:
+            raise ConfigError(
+                "model.ghost_batch_size",
+                f"{g} does not divide the per-device microbatch {b}; pick a divisor of {b} or a multiple of {b}",
+            )
+        return g, 1
+    if g % b:
+        raise ConfigError(
+            "model.ghost_batch_size",
+            f"{g} spans devices but is not a multiple of the per-device microbatch {b}; use a multiple of {b}",
+        )
+    return g, g // b
+
+
+def _divisor_near(n: int, target: int) -> int:
+    divisors = [d for d in range(1, n + 1) if n % d == 0]
+    return min(divisors, key=lambda d: abs(d - target))
+
+
+def config_hash(config: ml_collections.ConfigDict) -> str:
+    """A stable short hash of the whole config (stored in checkpoint metadata)."""
+    text = json.dumps(config.to_dict(), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+    return json.dumps(config.to_dict(), sort_keys=True, indent=2, default=str)

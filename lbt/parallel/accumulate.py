@@ -1,0 +1,162 @@
+"""Microbatch accumulation with one all-reduce per optimizer step (DESIGN.md, semantics 2-3).
+
+Two jitted ``shard_map`` programs with fixed shapes serve every batch size:
+
+* ``accum(state, acc, images, labels)``: each device adds the float32 gradient of its b = M / D
+  examples to its own accumulator. No collective, except the small channel-sum psums of
+  cross-replica ghost BN when G > b.
+* ``apply(state, acc, k, lr, momentum)``: one ``pmean`` of the flattened accumulators (gradients,
+  BN-statistic increments, loss), division by k, the optax update; it returns the new state,
+  fresh zero accumulators (reusing the donated buffers) and the step's metrics.
+
+An optimizer step with global batch B = k * M runs ``accum`` k times and ``apply`` once, so
+growing the batch compiles nothing new. Non-finite steps are skipped on device (parameters and
+optimizer state are left unchanged) and reported in the metrics, for the loop's policy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from jax.flatten_util import ravel_pytree
+from jax.sharding import Mesh, PartitionSpec as P
+
+from lbt.parallel.mesh import DATA, data_sharded, replicated
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Replicated training state. ``step`` counts optimizer steps applied."""
+
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    step: jax.Array
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int, smoothing: float = 0.0) -> jax.Array:
+    """Per-example softmax cross entropy with optional label smoothing (Szegedy et al. 2016)."""
+    onehot = jax.nn.one_hot(labels, num_classes)
+    if smoothing:
+        onehot = optax.smooth_labels(onehot, smoothing)
+    return optax.softmax_cross_entropy(logits, onehot)
+
+
+@dataclasses.dataclass
+class TrainPrograms:
+    """The jitted programs of one run, built for a fixed mesh and microbatch."""
+
+    mesh: Mesh
+    accum: Callable
+    apply: Callable
+    evaluate: Callable
+    zeros_acc: Callable
+    num_devices: int
+
+
+def build_programs(
+    model: Any,
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+    *,
+    num_classes: int,
+    bn_momentum: float,
+    label_smoothing: float = 0.0,
+) -> TrainPrograms:
+    """Build ``accum``, ``apply``, ``evaluate`` and the accumulator factory for ``model``."""
+    n_dev = mesh.devices.size
+    rep, shard = replicated(mesh), data_sharded(mesh)
+    mu = float(bn_momentum)
+
+    def local_grads(state: TrainState, images, labels):
+        def loss_fn(params):
+            logits, new_vars = model.apply(
+                {"params": params, "batch_stats": state.batch_stats}, images, train=True, mutable=["batch_stats"]
+            )
+            loss = cross_entropy(logits, labels, num_classes, label_smoothing).mean()
+            return loss, new_vars["batch_stats"]
+
+        (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        # EMA increment of this microbatch: new = mu * r0 + (1 - mu) * s  ->  (1 - mu) * s
+        inc = jax.tree.map(lambda n, r: n - mu * r, new_stats, state.batch_stats)
+        return loss, grads, inc
+
+    def accum_body(state: TrainState, acc, images, labels):
+        loss, grads, inc = local_grads(state, images, labels)
+        f32 = lambda t: jax.tree.map(lambda a: a.astype(jnp.float32)[None], t)  # noqa: E731
+        grads, inc = f32(grads), f32(inc)
+        return {
+            "grads": jax.tree.map(jnp.add, acc["grads"], grads),
+            # sequential EMA over the k microbatches: A <- mu * A + (1 - mu) * s_i
+            "stats": jax.tree.map(lambda a, i: mu * a + i, acc["stats"], inc),
+            "loss": acc["loss"] + loss.astype(jnp.float32)[None],
+        }
+
+    def apply_body(state: TrainState, acc, k, lr, momentum):
+        local = jax.tree.map(lambda a: a[0], acc)
+        flat, unravel = ravel_pytree(local)
+        mean = unravel(jax.lax.pmean(flat, DATA))  # the one all-reduce of the step
+        kf = k.astype(jnp.float32)
+        grads = jax.tree.map(lambda g: g / kf, mean["grads"])
+        loss = mean["loss"] / kf
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        opt_state = state.opt_state
+        opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
+        opt_state.hyperparams["momentum"] = jnp.asarray(momentum, jnp.float32)
+        updates, new_opt = tx.update(grads, opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        decay = jnp.power(jnp.float32(mu), kf)
+        new_stats = jax.tree.map(lambda r, a: decay * r + a, state.batch_stats, mean["stats"])
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+        new_state = TrainState(
+            params=keep(new_params, state.params),
+            batch_stats=keep(new_stats, state.batch_stats),
+            opt_state=keep(new_opt, opt_state),
+            step=state.step + finite.astype(state.step.dtype),
+        )
+        metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite}
+        return new_state, jax.tree.map(jnp.zeros_like, acc), metrics
+
+    accum = jax.jit(
+        jax.shard_map(
+            accum_body,
+            mesh=mesh,
+            in_specs=(P(), P(DATA), P(DATA), P(DATA)),
+            out_specs=P(DATA),
+            check_vma=False,
+        ),
+        donate_argnums=(1,),
+    )
+    apply = jax.jit(
+        jax.shard_map(
+            apply_body,
+            mesh=mesh,
+            in_specs=(P(), P(DATA), P(), P(), P()),
+            out_specs=(P(), P(DATA), P()),
+            check_vma=False,
+        ),
+        donate_argnums=(0, 1),
+    )
+
+    def eval_fn(state: TrainState, images, labels, mask):
+        logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, images, train=False)
+        loss = cross_entropy(logits, labels, num_classes)
+        correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+        return {"correct": (correct * mask).sum(), "loss": (loss * mask).sum(), "count": mask.sum()}
+
+    evaluate = jax.jit(eval_fn, in_shardings=(rep, shard, shard, shard), out_shardings=rep)
+
+    def make_zeros(state: TrainState):
+        z = lambda t: jax.tree.map(lambda a: jnp.zeros((n_dev,) + a.shape, jnp.float32), t)  # noqa: E731
+        return {"grads": z(state.params), "stats": z(state.batch_stats), "loss": jnp.zeros((n_dev,), jnp.float32)}
+
+    # The initial accumulators carry accum's output sharding, or accum would compile twice.
+    zeros_acc = jax.jit(make_zeros, out_shardings=shard)
+
+    return TrainPrograms(mesh, accum, apply, evaluate, zeros_acc, n_dev)

@@ -104,7 +104,7 @@ def build_programs(
         kf = k.astype(jnp.float32)
         grads = jax.tree.map(lambda g: g / kf, mean["grads"])
         loss = mean["loss"] / kf
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         opt_state = state.opt_state
         opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)

@@ -68,7 +68,7 @@ class GhostBatchNorm(nn.Module):
     collectives are used and the layer works under plain ``jit``.
     """
 
-    use_running_average: bool = False
+    use_running_average: bool | None = None
     ghost_size: int = 32
     axis_name: str | None = "data"
     num_devices: int = 1

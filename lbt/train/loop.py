@@ -67,18 +67,25 @@ def init_state(model, tx, mesh, image_shape: tuple[int, ...], seed: int) -> Trai
 class Trainer:
     """One training run of ``config`` in ``workdir``."""
 
-    def __init__(self, config, workdir: str | Path, *, counter: CompileCounter | None = None):
+    def __init__(
+        self,
+        config,
+        workdir: str | Path,
+        *,
+        counter: CompileCounter | None = None,
+        devices: list | None = None,
+    ):
         self.config = config
         self.workdir = Path(workdir)
         self.counter = counter or CompileCounter()
         self.primary = jax.process_index() == 0
         self.splits = load_splits(config)
         self.N = len(self.splits.train)
-        self.num_devices = jax.device_count()
+        self.num_devices = len(devices) if devices is not None else jax.device_count()
         config_lib.validate(config, num_devices=self.num_devices, num_train=self.N)
         self.plan: Plan = make_plan(config, self.N)
         self.M = int(config.train.global_microbatch)
-        self.mesh = make_mesh()
+        self.mesh = make_mesh(devices)
         self.model = build_model(config, self.splits.num_classes, self.num_devices)
         self.tx = make_optimizer(config)
         self.programs: TrainPrograms = build_programs(
@@ -242,7 +249,7 @@ def _progress(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, unit="ex", unit_scale=True, dynamic_ncols=True, desc="train")
 
 
-def train(config, workdir: str | Path) -> dict[str, Any]:
+def train(config, workdir: str | Path, **kwargs) -> dict[str, Any]:
     """Train ``config`` in ``workdir`` and return the summary (also written to summary.json)."""
     Path(workdir).mkdir(parents=True, exist_ok=True)
-    return Trainer(config, workdir).run()
+    return Trainer(config, workdir, **kwargs).run()

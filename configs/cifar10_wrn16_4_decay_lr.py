@@ -1,0 +1,45 @@
+r"""CIFAR-10, wide ResNet 16-4, batch mode `decay_lr` (Smith, Kindermans, Ying & Le, ICLR 2018, section 5).
+
+Original schedule (paper fig. 2, 'Decaying learning rate'): B = 128 throughout, ε = 0.1 divided by 5 at epochs 60, 120 and 160.
+
+Command:
+  lbt train --config configs/cifar10_wrn16_4_decay_lr.py --workdir /tmp/wrn_decay_lr
+  lbt plan --config configs/cifar10_wrn16_4_decay_lr.py    # phases, steps, plan.png
+
+Hardware: designed for one host with 8 accelerators (e.g. a TPU v3-8/v4-8 or 8 GPUs): the global
+microbatch M = 128 is 16 per device; larger B is reached by accumulating k = B / M microbatches,
+so any device count dividing 128 works (elastic), only the wall-clock changes. On one GPU
+(k = 1..125 microbatches of 128) the 200 epochs take roughly 6-10 hours.
+
+Setup (paper 5.1): N = 50,000, 200 epochs, m = 0.9, weight decay 5e-4, ghost batch 128,
+B_max = 5,120 where capped.
+Expected: test accuracy ~94-95%.
+Expected updates: 78,125 optimizer steps (ceil(10,000,000 / 128)).
+"""
+
+from lbt.config import base_config
+
+
+def get_config():
+    config = base_config()
+    config.name = "cifar10_wrn16_4_decay_lr"
+    config.dataset.name = "cifar10"
+    config.model.name = "wrn16_4"
+    config.model.ghost_batch_size = 128
+    config.optimizer.name = "momentum"
+    config.optimizer.weight_decay = 5e-4
+    config.train.global_microbatch = 128
+    config.train.eval_every_epochs = 5.0
+
+    s = config.schedule
+    s.epochs = 200.0
+    s.base_lr = 0.1
+    s.momentum = 0.9
+    s.global_batch = 128
+    s.lr.name = "step"
+    s.lr.milestones = (60.0, 120.0, 160.0)
+    s.lr.factor = 5.0
+    s.lr.warmup_epochs = 0.0
+    s.batch.mode = "decay_lr"
+    s.batch.max_global_batch = 0
+    return config

@@ -1,0 +1,80 @@
+"""Batch-size growth: multiples of the fixed global microbatch M, B_max, and the hybrid rule.
+
+Smith et al. 2018: instead of dividing ε by f, multiply B by f (same noise scale g). Once B
+reaches B_max (about N / 10, beyond which the small-g regime ends and steps stop shrinking),
+decay ε instead ("hybrid"). Every B is k * M for an integer k (DESIGN.md semantics 2), so the
+batch grows by accumulating more microbatches, never by recompiling.
+"""
+
+from __future__ import annotations
+
+import math
+
+from lbt.errors import ConfigError
+
+ROUNDINGS = ("error", "down", "nearest")
+#: Relative tolerance under which a real-valued B counts as an exact multiple of M
+#: (e.g. 128 * 0.1 / 0.02 = 639.999... is 640).
+EXACT_RTOL = 1e-9
+
+
+def floor_to_multiple(value: float, multiple: int) -> int:
+    """Largest multiple of ``multiple`` that is <= value (tolerating float noise)."""
+    k = math.floor(value / multiple * (1 + EXACT_RTOL))
+    return k * multiple
+
+
+def round_to_multiple(value: float, multiple: int, rounding: str, field: str) -> int:
+    """Turn a real-valued batch into k * M according to ``rounding``.
+
+    ``error`` raises :class:`ConfigError` on ``field`` (suggesting the neighbouring multiples)
+    unless ``value`` is a multiple of M up to float noise; ``down`` floors (at least M);
+    ``nearest`` rounds to the nearest multiple (at least M).
+    """
+    if rounding not in ROUNDINGS:
+        raise ConfigError("schedule.batch.rounding", f"unknown rounding {rounding!r}; choose one of {', '.join(ROUNDINGS)}")
+    k_real = value / multiple
+    k_near = round(k_real)
+    if k_near >= 1 and abs(k_real - k_near) <= EXACT_RTOL * max(1.0, abs(k_real)):
+        return int(k_near) * multiple
+    if rounding == "error":
+        lo = max(1, math.floor(k_real)) * multiple
+        hi = max(1, math.ceil(k_real)) * multiple
+        raise ConfigError(
+            field,
+            f"gives a global batch of {value:g}, not a multiple of train.global_microbatch={multiple}; "
+            f"choose values giving {lo} or {hi}, or set schedule.batch.rounding='down' or 'nearest'",
+        )
+    if rounding == "down":
+        return max(1, math.floor(k_real)) * multiple
+    return max(1, int(math.floor(k_real + 0.5))) * multiple
+
+
+def default_max_global_batch(N: int, microbatch: int) -> int:
+    """B_max ≈ N / 10 (Smith et al. 2018), rounded down to a multiple of M (at least M)."""
+    return max(microbatch, floor_to_multiple(N / 10, microbatch))
+
+
+def grown_batch(global_batch: float, factor: float, num_milestones: int) -> float:
+    """B0 * factor**i: the batch after ``i`` milestones of an LR step decay by ``factor``."""
+    return global_batch * factor**num_milestones
+
+
+def hybrid_batch(ideal_batch: float, max_global_batch: int | None, microbatch: int, rounding: str, field: str) -> int:
+    """The hybrid rule: B = min(B_ideal, B_max) as a multiple of M.
+
+    Below B_max the ideal batch is rounded per ``rounding``; above it the batch is B_max (itself a
+    multiple of M) and the learning rate must absorb the remaining factor ``B / B_ideal`` so that
+    the noise scale is unchanged (see :func:`lr_correction`).
+    """
+    if max_global_batch is not None and ideal_batch >= max_global_batch:
+        return max_global_batch
+    b = round_to_multiple(ideal_batch, microbatch, rounding, field)
+    if max_global_batch is not None:
+        b = min(b, max_global_batch)
+    return b
+
+
+def lr_correction(actual_batch: int, ideal_batch: float) -> float:
+    """Multiplier on ε that keeps g = ε N / (B (1 - m)) when B_actual replaces B_ideal."""
+    return actual_batch / ideal_batch

@@ -1,0 +1,541 @@
+"""The Plan: batch size B, learning rate ε, momentum m and noise scale g as functions of
+*examples seen* (DESIGN.md semantics 1 and 2).
+
+A run is a list of phases over examples seen ``[0, total_examples)``. Within a phase B and m are
+constant; ε may vary (warmup, cosine, CLR). A step that starts at ``examples_seen = s`` uses
+``plan.at(s)`` and consumes ``B`` examples; the run ends at the first ``s >= total_examples``
+(the last step may overshoot). Every B is a multiple of the fixed global microbatch
+M = ``config.train.global_microbatch``.
+
+Batch modes (``config.schedule.batch.mode``), all with the same noise scale
+g = ε N / (B (1 - m)) as the ``decay_lr`` reference at every examples_seen (Smith et al. 2018):
+
+* ``decay_lr``: B constant, ε follows ``schedule.lr``.
+* ``increase_batch``: where the LR schedule would divide ε by f, multiply B by f instead.
+* ``hybrid``: as ``increase_batch`` up to B_max, then decay ε (B_max default: N/10 rounded down
+  to a multiple of M). When a full factor would overshoot B_max, B becomes B_max and ε absorbs
+  the remainder, so g stays *exactly* equal to the reference. (The paper's hybrid instead keeps
+  the previous B and decays ε by the full factor at that milestone; our rule reaches the largest
+  allowed B one milestone earlier with the same g.)
+* ``increase_lr``: ε and B both ``batch.lr_factor`` times larger from the start, then grow B.
+* ``increase_momentum``: m = ``batch.final_momentum`` and B scaled by (1 - m0) / (1 - m1) from the
+  start, then grow B.
+
+The growth follows a decaying LR schedule: ``step`` (B jumps at milestones) or ``cosine`` (B is
+the largest multiple of M not above B0 / cosine(t), so it rises through k*M in many phases).
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import math
+from fractions import Fraction
+from typing import Any, Iterator
+
+import ml_collections
+
+from lbt.errors import ConfigError
+from lbt.schedules import batch as batch_lib
+from lbt.schedules import lr as lr_lib
+from lbt.schedules.noise import noise_scale as _noise_scale
+
+BATCH_MODES = ("decay_lr", "increase_batch", "hybrid", "increase_lr", "increase_momentum")
+#: Modes that grow B where the LR schedule decays (need a decaying LR schedule).
+GROWTH_MODES = ("increase_batch", "hybrid", "increase_lr", "increase_momentum")
+
+
+def default_schedule_config() -> ml_collections.ConfigDict:
+    """Every ``config.schedule`` key with its default (see docs/schedules.md).
+
+    Top level:
+      epochs (float): training length; total_examples = round(epochs * N).
+      base_lr (float > 0): ε0, the LR at batch ``global_batch`` (CLR's lower bound).
+      momentum (float in [0, 1)): m0.
+      global_batch (int): B0, the initial global batch; a multiple of train.global_microbatch.
+    ``lr`` (the reference LR schedule, a function of epochs, or of iterations for CLR/1cycle):
+      name: constant | step | cosine | triangular | triangular2 | exp_range | onecycle.
+      milestones (tuple of epochs, increasing) and factor (the divisor at each milestone): step.
+      warmup_epochs, warmup_start_factor: Goyal et al. 2017 linear warmup of ε from
+        ``warmup_start_factor * ε`` at epoch 0 to ε at ``warmup_epochs`` (0 = off). Goyal et al.
+        start from the small-batch LR: use ``B_small / B``. Applies to every schedule and mode.
+      final_factor: cosine ends at ``final_factor * base_lr`` (cosine runs from the end of warmup
+        to the end of training).
+      max_lr, step_size (iterations, half a cycle), gamma: CLR (Smith 2017); max_lr is also the
+        1cycle peak (0 = base_lr).
+      pct_start, div_factor, final_div_factor: 1cycle (as torch OneCycleLR).
+    ``batch``:
+      mode: decay_lr | increase_batch | hybrid | increase_lr | increase_momentum.
+      max_global_batch (int): B_max; 0 = N/10 rounded down to a multiple of M for hybrid, no cap
+        for the other modes (N rounded down for cosine growth, which needs a finite cap).
+      rounding: error | down | nearest: what to do when a batch is not a multiple of M
+        (the learning rate then absorbs the difference so g is kept).
+      lr_factor: increase_lr's factor on ε and B.
+      final_momentum: increase_momentum's m1.
+    """
+    s = ml_collections.ConfigDict()
+    s.epochs = 90.0
+    s.base_lr = 0.1
+    s.momentum = 0.9
+    s.global_batch = 128
+    s.lr = ml_collections.ConfigDict()
+    s.lr.name = "constant"
+    s.lr.milestones = ()
+    s.lr.factor = 10.0
+    s.lr.warmup_epochs = 0.0
+    s.lr.warmup_start_factor = 0.0
+    s.lr.final_factor = 0.0
+    s.lr.max_lr = 0.0
+    s.lr.step_size = 2000
+    s.lr.gamma = 1.0
+    s.lr.pct_start = 0.3
+    s.lr.div_factor = 25.0
+    s.lr.final_div_factor = 1e4
+    s.batch = ml_collections.ConfigDict()
+    s.batch.mode = "decay_lr"
+    s.batch.max_global_batch = 0
+    s.batch.rounding = "error"
+    s.batch.lr_factor = 1.0
+    s.batch.final_momentum = 0.98
+    return s
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanPoint:
+    """B, ε, m and g at one examples_seen."""
+
+    phase: int
+    global_batch: int
+    lr: float
+    momentum: float
+    noise_scale: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """A segment ``[start_example, end_example)`` of constant B and m.
+
+    ``lr_start``/``lr_end`` are ε at the first and at the last example of the phase,
+    ``noise_scale``/``noise_scale_end`` likewise; ``steps`` counts the optimizer steps that start
+    in the phase, the first of which has index ``first_step``.
+    """
+
+    index: int
+    start_example: int
+    end_example: int
+    global_batch: int
+    lr_start: float
+    lr_end: float
+    momentum: float
+    noise_scale: float
+    noise_scale_end: float = 0.0
+    steps: int = 0
+    first_step: int = 0
+
+    def start_epoch(self, N: int) -> float:
+        return self.start_example / N
+
+    def end_epoch(self, N: int) -> float:
+        return self.end_example / N
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolution and validation
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    N: int
+    M: int
+    total: int
+    base_lr: float
+    m0: float
+    B0: int  # reference batch (decay_lr), a multiple of M
+    name: str
+    milestones: tuple[int, ...]  # in examples
+    factor: float
+    warmup: int  # examples
+    warmup_start: float
+    final_factor: float
+    max_lr: float
+    step_size: int
+    gamma: float
+    pct_start: float
+    div_factor: float
+    final_div_factor: float
+    mode: str
+    cap: int | None
+    rounding: str
+    momentum: float  # m used by the plan
+    init_scale: float  # B_init / B0 (before milestones)
+
+
+def _num(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _resolve(config: ml_collections.ConfigDict, N: int) -> _Spec:
+    s = config.schedule
+    lrc, bc = s.lr, s.batch
+    if not _int(N) or N <= 0:
+        raise ConfigError("dataset.name", f"dataset size N must be a positive int, got {N!r}")
+    M = config.train.global_microbatch
+    if not _int(M) or M <= 0:
+        raise ConfigError("train.global_microbatch", f"must be a positive int, got {M!r}; e.g. 128")
+    if not _num(s.epochs) or s.epochs <= 0:
+        raise ConfigError("schedule.epochs", f"must be > 0, got {s.epochs!r}; e.g. 90.0")
+    total = int(round(s.epochs * N))
+    if total < 1:
+        raise ConfigError("schedule.epochs", f"{s.epochs} epochs of N={N} is less than one example; raise it")
+    if not _num(s.base_lr) or s.base_lr <= 0:
+        raise ConfigError("schedule.base_lr", f"must be > 0, got {s.base_lr!r}; e.g. 0.1")
+    if not _num(s.momentum) or not 0.0 <= s.momentum < 1.0:
+        raise ConfigError("schedule.momentum", f"must be in [0, 1), got {s.momentum!r}; e.g. 0.9")
+    if not _int(s.global_batch) or s.global_batch <= 0:
+        raise ConfigError("schedule.global_batch", f"must be a positive int, got {s.global_batch!r}; e.g. {M}")
+    rounding = bc.rounding
+    if rounding not in batch_lib.ROUNDINGS:
+        raise ConfigError("schedule.batch.rounding", f"unknown rounding {rounding!r}; choose one of {', '.join(batch_lib.ROUNDINGS)}")
+    B0 = batch_lib.round_to_multiple(s.global_batch, M, rounding, "schedule.global_batch")
+
+    name = lrc.name
+    if name not in lr_lib.LR_SCHEDULES:
+        raise ConfigError("schedule.lr.name", f"unknown lr schedule {name!r}; choose one of {', '.join(lr_lib.LR_SCHEDULES)}")
+    mode = bc.mode
+    if mode not in BATCH_MODES:
+        raise ConfigError("schedule.batch.mode", f"unknown batch mode {mode!r}; choose one of {', '.join(BATCH_MODES)}")
+
+    # Warmup.
+    if not _num(lrc.warmup_epochs) or not 0.0 <= lrc.warmup_epochs < s.epochs:
+        raise ConfigError("schedule.lr.warmup_epochs", f"must be in [0, epochs={s.epochs}), got {lrc.warmup_epochs!r}; 0 = no warmup")
+    if not _num(lrc.warmup_start_factor) or not 0.0 <= lrc.warmup_start_factor <= 1.0:
+        raise ConfigError("schedule.lr.warmup_start_factor", f"must be in [0, 1], got {lrc.warmup_start_factor!r}")
+    warmup = int(round(lrc.warmup_epochs * N))
+
+    milestones: tuple[int, ...] = ()
+    if name == "step":
+        ms = tuple(lrc.milestones)
+        if not all(_num(m) for m in ms):
+            raise ConfigError("schedule.lr.milestones", f"must be numbers (epochs), got {ms!r}; e.g. (60, 120, 160)")
+        if any(b <= a for a, b in zip(ms, ms[1:])):
+            raise ConfigError("schedule.lr.milestones", f"must be strictly increasing, got {ms!r}; e.g. {tuple(sorted(set(ms)))!r}")
+        if ms and not (0 < ms[0] and ms[-1] < s.epochs):
+            raise ConfigError("schedule.lr.milestones", f"must lie in (0, epochs={s.epochs}), got {ms!r}")
+        milestones = tuple(int(round(m * N)) for m in ms)
+        if not _num(lrc.factor) or lrc.factor < 1.0:
+            raise ConfigError("schedule.lr.factor", f"is the divisor at each milestone and must be >= 1, got {lrc.factor!r}; e.g. 5.0")
+    if name == "cosine" and (not _num(lrc.final_factor) or not 0.0 <= lrc.final_factor <= 1.0):
+        raise ConfigError("schedule.lr.final_factor", f"must be in [0, 1], got {lrc.final_factor!r}")
+    if name in lr_lib.CYCLIC:
+        if not _num(lrc.max_lr) or lrc.max_lr <= s.base_lr:
+            raise ConfigError("schedule.lr.max_lr", f"CLR needs max_lr > base_lr={s.base_lr}, got {lrc.max_lr!r}; e.g. {6 * s.base_lr:g}")
+        if not _int(lrc.step_size) or lrc.step_size < 1:
+            raise ConfigError("schedule.lr.step_size", f"is the half-cycle in iterations and must be an int >= 1, got {lrc.step_size!r}; Smith 2017 suggests 2-10 epochs of iterations")
+        if name == "exp_range" and (not _num(lrc.gamma) or not 0.0 < lrc.gamma <= 1.0):
+            raise ConfigError("schedule.lr.gamma", f"must be in (0, 1], got {lrc.gamma!r}; e.g. 0.99994")
+    if name == "onecycle":
+        if not _num(lrc.max_lr) or lrc.max_lr < 0:
+            raise ConfigError("schedule.lr.max_lr", f"is the 1cycle peak and must be >= 0 (0 = base_lr), got {lrc.max_lr!r}")
+        if not _num(lrc.pct_start) or not 0.0 < lrc.pct_start < 1.0:
+            raise ConfigError("schedule.lr.pct_start", f"must be in (0, 1), got {lrc.pct_start!r}; e.g. 0.3")
+        for f in ("div_factor", "final_div_factor"):
+            if not _num(lrc[f]) or lrc[f] <= 0:
+                raise ConfigError(f"schedule.lr.{f}", f"must be > 0, got {lrc[f]!r}")
+
+    # Batch mode.
+    momentum = float(s.momentum)
+    init_scale = 1.0
+    init_field = "schedule.global_batch"
+    if mode == "increase_lr":
+        if not _num(bc.lr_factor) or bc.lr_factor <= 0:
+            raise ConfigError("schedule.batch.lr_factor", f"must be > 0, got {bc.lr_factor!r}; e.g. 5.0")
+        init_scale, init_field = float(bc.lr_factor), "schedule.batch.lr_factor"
+    elif mode == "increase_momentum":
+        if not _num(bc.final_momentum) or not 0.0 <= bc.final_momentum < 1.0:
+            raise ConfigError("schedule.batch.final_momentum", f"must be in [0, 1), got {bc.final_momentum!r}; e.g. 0.98")
+        momentum = float(bc.final_momentum)
+        init_scale, init_field = (1.0 - s.momentum) / (1.0 - momentum), "schedule.batch.final_momentum"
+    if mode in ("increase_batch", "hybrid") and name not in lr_lib.DECAYING:
+        raise ConfigError(
+            "schedule.batch.mode",
+            f"{mode!r} mirrors a decaying LR schedule (constant, step or cosine), but schedule.lr.name is {name!r}; use batch.mode='decay_lr' for cyclical schedules",
+        )
+    if not _int(bc.max_global_batch) or bc.max_global_batch < 0:
+        raise ConfigError("schedule.batch.max_global_batch", f"must be an int >= 0 (0 = default), got {bc.max_global_batch!r}")
+    B_init = batch_lib.round_to_multiple(B0 * init_scale, M, rounding, init_field)
+    cap: int | None = None
+    if bc.max_global_batch:
+        cap = batch_lib.round_to_multiple(bc.max_global_batch, M, rounding, "schedule.batch.max_global_batch")
+    elif mode == "hybrid":
+        cap = max(batch_lib.default_max_global_batch(N, M), B_init)
+    elif mode in GROWTH_MODES and name == "cosine":
+        cap = max(batch_lib.floor_to_multiple(N, M), B_init)
+    if mode != "decay_lr" and cap is not None and cap < B_init:
+        raise ConfigError("schedule.batch.max_global_batch", f"B_max={cap} is below the initial global batch {B_init}; use at least {B_init} (or 0 for the default)")
+    if mode in GROWTH_MODES and name == "cosine" and rounding == "error":
+        raise ConfigError(
+            "schedule.batch.rounding",
+            "a cosine schedule cannot be mirrored exactly by multiples of train.global_microbatch; set schedule.batch.rounding='down' (ε absorbs the difference, g is kept)",
+        )
+
+    max_lr = float(lrc.max_lr) if name in lr_lib.CYCLIC else (float(lrc.max_lr) or float(s.base_lr))
+    return _Spec(
+        N=N, M=M, total=total, base_lr=float(s.base_lr), m0=float(s.momentum), B0=B0, name=name,
+        milestones=milestones, factor=float(lrc.factor), warmup=warmup,
+        warmup_start=float(lrc.warmup_start_factor), final_factor=float(lrc.final_factor),
+        max_lr=max_lr, step_size=int(lrc.step_size), gamma=float(lrc.gamma),
+        pct_start=float(lrc.pct_start), div_factor=float(lrc.div_factor),
+        final_div_factor=float(lrc.final_div_factor), mode=mode, cap=cap, rounding=rounding,
+        momentum=momentum, init_scale=init_scale,
+    )
+
+
+def validate_schedule(config: ml_collections.ConfigDict, N: int) -> None:
+    """Raise :class:`lbt.errors.ConfigError` (naming the field and a fix) for a bad schedule.
+
+    Builds the whole plan, so every grown batch is checked against ``train.global_microbatch``.
+    """
+    make_plan(config, N)
+
+
+# ---------------------------------------------------------------------------------------------
+# Plan construction
+
+
+@dataclasses.dataclass(frozen=True)
+class _Segment:
+    start: int
+    end: int
+    B: int
+    m: float
+    scale: Fraction  # ε multiplier (excluding warmup, cosine and CLR shape)
+    lr_const: float  # float(base_lr * scale), exact rounding, for constant / step
+    first_step: int = 0
+    first_step_example: int = 0
+
+
+def _decay(spec: _Spec, s: int) -> float:
+    """The reference schedule's decay multiplier D(s) (1 before decay; excludes warmup)."""
+    if spec.name == "step":
+        return float(lr_lib.step_decay_multiplier(s, spec.milestones, spec.factor))
+    if spec.name == "cosine":
+        span = spec.total - spec.warmup
+        return lr_lib.cosine_multiplier((s - spec.warmup) / span if span > 0 else 1.0, spec.final_factor)
+    return 1.0
+
+
+def _batch_and_scale(spec: _Spec, s: int) -> tuple[int, Fraction]:
+    """(B, ε multiplier) at examples_seen s for the spec's mode; keeps g of the reference."""
+    if spec.mode == "decay_lr":
+        if spec.name == "step":
+            return spec.B0, lr_lib.step_decay_multiplier(s, spec.milestones, spec.factor)
+        return spec.B0, Fraction(1)
+    if spec.name == "step":
+        i = lr_lib.step_decay_count(s, spec.milestones)
+        decay = Fraction(1) / Fraction(spec.factor) ** i
+        ideal = spec.B0 * spec.init_scale * spec.factor**i
+        field = "schedule.lr.factor" if i else (
+            "schedule.batch.lr_factor" if spec.mode == "increase_lr"
+            else "schedule.batch.final_momentum" if spec.mode == "increase_momentum"
+            else "schedule.global_batch"
+        )
+    elif spec.name == "cosine":
+        decay = Fraction(1)  # the cosine shape is applied continuously in _lr
+        ideal = spec.B0 * spec.init_scale / max(_decay(spec, s), 1e-300)
+        field = "schedule.batch.rounding"
+    else:
+        decay = Fraction(1)
+        ideal = spec.B0 * spec.init_scale
+        field = "schedule.batch.lr_factor" if spec.mode == "increase_lr" else "schedule.batch.final_momentum"
+    B = batch_lib.hybrid_batch(ideal, spec.cap, spec.M, spec.rounding, field)
+    # g = ε N / (B (1 - m)) equal to the reference's ε_ref N / (B0 (1 - m0)).
+    scale = decay * Fraction(B, spec.B0) * _momentum_ratio(spec.momentum, spec.m0)
+    return B, scale
+
+
+def _momentum_ratio(m: float, m0: float) -> Fraction:
+    """(1 - m) / (1 - m0), snapped to a simple fraction when float noise is all that separates
+    them (0.02 / 0.1 is 1/5, so ε stays exactly 0.1 in increase_momentum)."""
+    r = Fraction(1.0 - m) / Fraction(1.0 - m0)
+    snapped = r.limit_denominator(10**6)
+    return snapped if abs(snapped - r) <= 1e-12 * r else r
+
+
+def _boundaries(spec: _Spec) -> list[int]:
+    points = {0, spec.total}
+    if 0 < spec.warmup < spec.total:
+        points.add(spec.warmup)
+    if spec.name == "step":
+        points.update(m for m in spec.milestones if 0 < m < spec.total)
+    if spec.mode in GROWTH_MODES and spec.name == "cosine":
+        # B(s) is a non-decreasing step function: find each jump by bisection on integers.
+        s = spec.warmup
+        cur = _batch_and_scale(spec, s)[0]
+        while cur < (spec.cap or cur) and s < spec.total - 1:
+            if _batch_and_scale(spec, spec.total - 1)[0] <= cur:
+                break
+            lo, hi = s, spec.total - 1  # B(lo) <= cur < B(hi)
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if _batch_and_scale(spec, mid)[0] > cur:
+                    hi = mid
+                else:
+                    lo = mid
+            points.add(hi)
+            s, cur = hi, _batch_and_scale(spec, hi)[0]
+    return sorted(points)
+
+
+def _segments(spec: _Spec) -> list[_Segment]:
+    pts = _boundaries(spec)
+    segs: list[_Segment] = []
+    step, s = 0, 0
+    for a, b in zip(pts, pts[1:]):
+        B, scale = _batch_and_scale(spec, a)
+        n = max(0, -(-(b - s) // B))
+        segs.append(_Segment(a, b, B, spec.momentum, scale, float(Fraction(spec.base_lr) * scale), step, s))
+        step += n
+        s += n * B
+    return segs
+
+
+class Plan:
+    """Phases of B, ε, m over examples seen (see module docstring for the semantics).
+
+    Attributes: ``N`` (train set size), ``microbatch`` (M), ``total_examples``
+    (round(epochs * N)), ``phases`` (list of :class:`Phase`, covering [0, total_examples)),
+    ``mode`` and ``lr_name``.
+    """
+
+    def __init__(self, spec: _Spec):
+        self._spec = spec
+        self.N = spec.N
+        self.microbatch = spec.M
+        self.total_examples = spec.total
+        self.mode = spec.mode
+        self.lr_name = spec.name
+        self._segs = _segments(spec)
+        self._starts = [g.start for g in self._segs]
+        last = self._segs[-1]
+        self._total_steps = last.first_step + max(0, -(-(last.end - last.first_step_example) // last.B))
+        phases = []
+        for i, g in enumerate(self._segs):
+            p0, p1 = self._point(g.start, i), self._point(g.end - 1, i)
+            phases.append(
+                Phase(
+                    index=i, start_example=g.start, end_example=g.end, global_batch=g.B,
+                    lr_start=p0.lr, lr_end=p1.lr, momentum=g.m, noise_scale=p0.noise_scale,
+                    noise_scale_end=p1.noise_scale, steps=self._seg_steps(i), first_step=g.first_step,
+                )
+            )
+        self.phases: list[Phase] = phases
+
+    def _seg_steps(self, i: int) -> int:
+        nxt = self._segs[i + 1].first_step if i + 1 < len(self._segs) else self._total_steps
+        return nxt - self._segs[i].first_step
+
+    def _iteration(self, s: int, i: int) -> int:
+        g = self._segs[i]
+        return g.first_step + (s - g.first_step_example) // g.B
+
+    def _lr(self, s: int, i: int) -> float:
+        spec, g = self._spec, self._segs[i]
+        w = lr_lib.linear_warmup_multiplier(s / spec.N, spec.warmup / spec.N, spec.warmup_start) if s < spec.warmup else 1.0
+        name = spec.name
+        if name in ("constant", "step"):
+            lr = g.lr_const
+        elif name == "cosine":
+            lr = spec.base_lr * _decay(spec, s) * float(g.scale)
+        elif name in lr_lib.CYCLIC:
+            it = max(0, self._iteration(s, i))
+            lr = lr_lib.cyclic(it, spec.base_lr, spec.max_lr, spec.step_size, name, spec.gamma) * float(g.scale)
+        else:
+            it = min(max(0, self._iteration(s, i)), self._total_steps - 1)
+            lr = lr_lib.onecycle(it, self._total_steps, spec.max_lr, spec.pct_start, spec.div_factor, spec.final_div_factor) * float(g.scale)
+        return lr if w == 1.0 else lr * w
+
+    def _point(self, s: int, i: int) -> PlanPoint:
+        g = self._segs[i]
+        lr = self._lr(s, i)
+        return PlanPoint(i, g.B, lr, g.m, _noise_scale(lr, self.N, g.B, g.m))
+
+    def at(self, examples_seen: int) -> PlanPoint:
+        """B, ε, m and g for a step starting at ``examples_seen`` (past the end: the last phase)."""
+        if examples_seen < 0:
+            raise ValueError(f"examples_seen must be >= 0, got {examples_seen}")
+        i = bisect.bisect_right(self._starts, examples_seen) - 1
+        return self._point(int(examples_seen), i)
+
+    def steps(self) -> Iterator[tuple[int, int, PlanPoint]]:
+        """Simulate the run: yields ``(step, examples_seen_at_step_start, point)``."""
+        s, step = 0, 0
+        while s < self.total_examples:
+            p = self.at(s)
+            yield step, s, p
+            s += p.global_batch
+            step += 1
+
+    def total_steps(self) -> int:
+        """Number of optimizer steps of the run (closed form, equal to ``len(list(steps()))``)."""
+        return self._total_steps
+
+    def phase_steps(self) -> list[int]:
+        """Optimizer steps that start in each phase."""
+        return [p.steps for p in self.phases]
+
+    def phase_of(self, examples_seen: int) -> Phase:
+        return self.phases[max(0, bisect.bisect_right(self._starts, examples_seen) - 1)]
+
+    def __repr__(self) -> str:
+        return f"Plan(mode={self.mode!r}, lr={self.lr_name!r}, N={self.N}, M={self.microbatch}, total_examples={self.total_examples}, phases={len(self.phases)}, steps={self._total_steps})"
+
+
+def make_plan(config: ml_collections.ConfigDict, N: int) -> Plan:
+    """Build the :class:`Plan` of ``config.schedule`` for a train set of ``N`` examples.
+
+    Raises :class:`lbt.errors.ConfigError` for invalid values.
+    """
+    return Plan(_resolve(config, N))
+
+
+def baseline_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The same schedule with ``batch.mode = 'decay_lr'``: the reference the other modes match."""
+    c = config.copy_and_resolve_references()
+    with c.unlocked():
+        c.schedule.batch.mode = "decay_lr"
+    return c
+
+
+def to_batch_growth(
+    config: ml_collections.ConfigDict, N: int, max_global_batch: int | None = None
+) -> ml_collections.ConfigDict:
+    """Turn an LR-decay config (``lr.name`` step or cosine, any batch mode taken as its
+    ``decay_lr`` reference) into the batch-growth config with the same g at every examples_seen:
+    B grows until B_max (default N/10 rounded down to a multiple of M), then ε decays (hybrid).
+
+    Returns a new ConfigDict (``batch.mode='hybrid'``); ``make_plan`` of it gives the plan.
+    Where the ideal batches are not multiples of M (always for cosine) rounding becomes 'down'.
+    """
+    c = config.copy_and_resolve_references()
+    name = c.schedule.lr.name
+    if name not in lr_lib.DECAYING:
+        raise ConfigError("schedule.lr.name", f"to_batch_growth needs a decaying schedule (step or cosine), got {name!r}")
+    with c.unlocked():
+        c.schedule.batch.mode = "hybrid"
+        c.schedule.batch.max_global_batch = int(max_global_batch or 0)
+        if name == "cosine" and c.schedule.batch.rounding == "error":
+            c.schedule.batch.rounding = "down"
+    try:
+        _resolve(c, N)
+        make_plan(c, N)
+    except ConfigError as e:
+        if c.schedule.batch.rounding != "error" or e.field == "schedule.batch.max_global_batch":
+            raise
+        with c.unlocked():
+            c.schedule.batch.rounding = "down"
+        make_plan(c, N)
+    return c

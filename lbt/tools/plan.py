@@ -1,0 +1,116 @@
+"""``lbt plan``: print the phases of a config's schedule and plot ε, B and g over epochs.
+
+Usage::
+
+    lbt plan --config configs/cifar10_wrn16_4_hybrid.py [--json] [--out DIR] [--config.a.b=value ...]
+
+N comes from the dataset registry (no data is loaded). The table lists each phase's epochs,
+B, k = B / M, ε, m, g and optimizer steps, then the total steps and the ratio against the
+``decay_lr`` plan with the same epochs (Smith et al. 2018, table 1's "parameter updates").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from lbt.errors import ConfigError
+
+
+def _load(path: str | None, overrides: Sequence[str]):
+    from lbt.config import load_config
+
+    return load_config(path, list(overrides))
+
+
+def _dataset_size(config) -> int:
+    from lbt.data.registry import get_dataset_size
+
+    return int(get_dataset_size(config.dataset.name, config))
+
+
+def plan_summary(plan, baseline=None) -> dict[str, Any]:
+    """The JSON summary: phases, total_steps and (with a baseline) baseline_steps and ratio."""
+    out: dict[str, Any] = {
+        "phases": [
+            {
+                "start_epoch": ph.start_example / plan.N,
+                "end_epoch": ph.end_example / plan.N,
+                "global_batch": ph.global_batch,
+                "k": ph.global_batch // plan.microbatch,
+                "lr_start": ph.lr_start,
+                "lr_end": ph.lr_end,
+                "momentum": ph.momentum,
+                "noise_scale": ph.noise_scale,
+                "steps": ph.steps,
+            }
+            for ph in plan.phases
+        ],
+        "total_steps": plan.total_steps(),
+        "N": plan.N,
+        "microbatch": plan.microbatch,
+        "total_examples": plan.total_examples,
+    }
+    if baseline is not None:
+        out["baseline_steps"] = baseline.total_steps()
+        out["ratio"] = plan.total_steps() / baseline.total_steps()
+    return out
+
+
+def format_table(plan, baseline=None) -> str:
+    """A plain-text table of the phases."""
+    head = f"{'phase':>5} {'epochs':>15} {'B':>7} {'k':>5} {'lr':>21} {'m':>6} {'g':>19} {'steps':>8}"
+    lines = [f"mode={plan.mode} lr={plan.lr_name} N={plan.N} M={plan.microbatch} total_examples={plan.total_examples}", head, "-" * len(head)]
+    for ph in plan.phases:
+        ep = f"{ph.start_example / plan.N:g}-{ph.end_example / plan.N:g}"
+        lr = f"{ph.lr_start:.4g}" if ph.lr_start == ph.lr_end else f"{ph.lr_start:.4g}->{ph.lr_end:.4g}"
+        g = f"{ph.noise_scale:.4g}" if abs(ph.noise_scale - ph.noise_scale_end) <= 1e-9 * ph.noise_scale else f"{ph.noise_scale:.4g}->{ph.noise_scale_end:.4g}"
+        lines.append(
+            f"{ph.index:>5} {ep:>15} {ph.global_batch:>7} {ph.global_batch // plan.microbatch:>5} {lr:>21} {ph.momentum:>6.3g} {g:>19} {ph.steps:>8}"
+        )
+    lines.append(f"total optimizer steps: {plan.total_steps()}")
+    if baseline is not None:
+        b = baseline.total_steps()
+        lines.append(f"decay_lr baseline steps: {b}  ratio: {plan.total_steps() / b:.4f} ({b / plan.total_steps():.2f}x fewer updates)")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``lbt plan``; returns the exit code (2 for a config error)."""
+    from lbt.schedules.plan import baseline_config, make_plan
+
+    parser = argparse.ArgumentParser(prog="lbt plan", description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser.add_argument("--config", default=None, help="configs/<name>.py defining get_config() (default: the embedded default)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--out", default=".", help="directory for plan.png (default: .)")
+    parser.add_argument("--no-plot", action="store_true", help="do not write plan.png")
+    args, rest = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    bad = [r for r in rest if not r.startswith("--config.") or "=" not in r]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)} (overrides look like --config.schedule.epochs=90)")
+    try:
+        config = _load(args.config, rest)
+        N = _dataset_size(config)
+        plan = make_plan(config, N)
+        baseline = make_plan(baseline_config(config), N)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not args.no_plot:
+        from lbt.tools.plots import plot_plan
+
+        png = plot_plan(plan, Path(args.out) / "plan.png", baseline=baseline if plan.mode != "decay_lr" else None)
+    if args.json:
+        print(json.dumps(plan_summary(plan, baseline)))
+    else:
+        print(format_table(plan, baseline))
+        if not args.no_plot:
+            print(f"wrote {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

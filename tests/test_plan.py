@@ -1,0 +1,343 @@
+"""The Plan over examples seen: exact step counts, equal noise scale across modes, validation."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import ml_collections
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from lbt.errors import ConfigError
+from lbt.schedules import lr as lr_lib
+from lbt.schedules.plan import (
+    baseline_config,
+    default_schedule_config,
+    make_plan,
+    to_batch_growth,
+    validate_schedule,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+N_CIFAR = 50_000
+MODES = ("decay_lr", "increase_batch", "hybrid", "increase_lr", "increase_momentum")
+
+
+def make_config(M: int = 128, **schedule) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.train = ml_collections.ConfigDict({"global_microbatch": M})
+    c.schedule = default_schedule_config()
+    for key, value in schedule.items():
+        node = c.schedule
+        *parents, leaf = key.split("__")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+def cifar(mode: str, **kw) -> ml_collections.ConfigDict:
+    base = dict(epochs=200.0, base_lr=0.1, momentum=0.9, global_batch=128, lr__name="step",
+                lr__milestones=(60.0, 120.0, 160.0), lr__factor=5.0, batch__mode=mode)
+    base.update(kw)
+    return make_config(128, **base)
+
+
+def hand_steps(phases: list[tuple[int, int, int]]) -> int:
+    """Closed-form step count: each phase (start, end, B) continues from where the last step ended."""
+    s, total = 0, 0
+    for _, end, B in phases:
+        n = max(0, math.ceil((end - s) / B))
+        s += n * B
+        total += n
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR-10 WRN-16-4 recipe step counts (paper section 5.1).
+
+
+def test_decay_lr_steps_cifar():
+    plan = make_plan(cifar("decay_lr"), N_CIFAR)
+    assert plan.total_examples == 10_000_000
+    assert plan.total_steps() == math.ceil(10_000_000 / 128) == 78125
+    assert plan.phase_steps() == [23438, 23437, 15625, 15625]
+
+
+def test_increase_batch_steps_cifar():
+    plan = make_plan(cifar("increase_batch"), N_CIFAR)
+    # Phase 1: ceil(3e6/128) = 23438 steps -> s = 3,000,064. Phase 2: ceil(2,999,936/640) = 4688
+    # -> s = 6,000,384. Phase 3: ceil(1,999,616/3200) = 625 -> s = 8,000,384.
+    # Phase 4: ceil(1,999,616/16000) = 125 -> s = 10,000,384 (overshoot 384).
+    assert [p.global_batch for p in plan.phases] == [128, 640, 3200, 16000]
+    assert plan.phase_steps() == [23438, 4688, 625, 125]
+    assert plan.total_steps() == 28876
+    assert hand_steps([(0, 3_000_000, 128), (0, 6_000_000, 640), (0, 8_000_000, 3200), (0, 10_000_000, 16000)]) == 28876
+    assert all(p.lr_start == 0.1 == p.lr_end for p in plan.phases)
+
+
+def test_hybrid_steps_cifar():
+    plan = make_plan(cifar("hybrid", batch__max_global_batch=5120), N_CIFAR)
+    assert [p.global_batch for p in plan.phases] == [128, 640, 3200, 5120]
+    assert plan.phase_steps() == [23438, 4688, 625, 391]
+    assert plan.total_steps() == hand_steps([(0, 3_000_000, 128), (0, 6_000_000, 640), (0, 8_000_000, 3200), (0, 10_000_000, 5120)]) == 29142
+    assert plan.phases[-1].lr_start == pytest.approx(0.1 * 5120 / 16000)
+
+
+def test_hybrid_default_bmax_is_n_over_10():
+    plan = make_plan(cifar("hybrid"), N_CIFAR)
+    assert max(p.global_batch for p in plan.phases) == 4992  # 5000 rounded down to 39 * 128
+
+
+@pytest.mark.parametrize("mode,extra", [("increase_lr", {"batch__lr_factor": 5.0}), ("increase_momentum", {"batch__final_momentum": 0.98})])
+def test_increase_lr_and_momentum_steps_cifar(mode, extra):
+    plan = make_plan(cifar(mode, batch__max_global_batch=5120, **extra), N_CIFAR)
+    assert [p.global_batch for p in plan.phases] == [640, 3200, 5120, 5120]
+    assert plan.phase_steps() == [4688, 938, 391, 390]
+    assert plan.total_steps() == hand_steps([(0, 3_000_000, 640), (0, 6_000_000, 3200), (0, 8_000_000, 5120), (0, 10_000_000, 5120)]) == 6407
+    if mode == "increase_momentum":
+        assert plan.phases[0].momentum == 0.98 and plan.phases[0].lr_start == 0.1
+    else:
+        assert plan.phases[0].lr_start == 0.5
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_noise_scale_equal_to_decay_lr_everywhere(mode):
+    extra = {"batch__max_global_batch": 5120, "batch__lr_factor": 5.0} if mode != "increase_batch" else {}
+    plan = make_plan(cifar(mode, **extra), N_CIFAR)
+    ref = make_plan(cifar("decay_lr"), N_CIFAR)
+    for s in list(range(0, 10_000_000, 9973)) + [2_999_999, 3_000_000, 5_999_999, 6_000_000, 7_999_999, 8_000_000, 9_999_999]:
+        assert plan.at(s).noise_scale == pytest.approx(ref.at(s).noise_scale, rel=1e-12), s
+        if mode == "increase_batch":
+            assert plan.at(s).global_batch * ref.at(s).lr == pytest.approx(128 * plan.at(s).lr, rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["decay_lr", "increase_batch", "hybrid", "increase_lr", "increase_momentum"])
+def test_recipe_configs_load_and_plan(name):
+    from lbt.config import load_config
+    from lbt.data.registry import get_dataset_size
+
+    config = load_config(str(ROOT / "configs" / f"cifar10_wrn16_4_{name}.py"))
+    assert config.model.ghost_batch_size == 128 and config.train.global_microbatch == 128
+    N = get_dataset_size(config.dataset.name, config)
+    plan = make_plan(config, N)
+    expected = {"decay_lr": 78125, "increase_batch": 28876, "hybrid": 29142, "increase_lr": 6407, "increase_momentum": 6407}
+    assert plan.total_steps() == expected[name]
+    ref = make_plan(baseline_config(config), N)
+    for s in range(0, plan.total_examples, 99_991):
+        assert plan.at(s).noise_scale == pytest.approx(ref.at(s).noise_scale, rel=1e-12)
+
+
+def test_steps_simulation_matches_closed_form():
+    plan = make_plan(cifar("increase_batch", epochs=20.0, lr__milestones=(6.0, 12.0, 16.0)), N_CIFAR)
+    seen = list(plan.steps())
+    assert len(seen) == plan.total_steps()
+    per_phase = [0] * len(plan.phases)
+    for step, s, p in seen:
+        per_phase[p.phase] += 1
+    assert per_phase == plan.phase_steps()
+    last_step, last_s, last_p = seen[-1]
+    assert last_s < plan.total_examples <= last_s + last_p.global_batch
+
+
+# ---------------------------------------------------------------------------------------------
+# LR shapes inside the plan
+
+
+def test_clr_in_plan_uses_exact_iteration():
+    c = make_config(32, epochs=7.0, base_lr=0.01, global_batch=96, lr__name="triangular2", lr__max_lr=0.07, lr__step_size=45)
+    plan = make_plan(c, 1000)
+    for step, s, p in plan.steps():
+        assert p.lr == pytest.approx(lr_lib.triangular2(step, 0.01, 0.07, 45), rel=1e-12)
+
+
+def test_clr_iteration_exact_with_increase_lr():
+    c = make_config(32, epochs=5.0, base_lr=0.01, global_batch=64, lr__name="exp_range", lr__max_lr=0.05,
+                    lr__step_size=10, lr__gamma=0.99, batch__mode="increase_lr", batch__lr_factor=2.0)
+    plan = make_plan(c, 1000)
+    assert plan.phases[0].global_batch == 128
+    for step, s, p in plan.steps():
+        assert p.lr == pytest.approx(2.0 * lr_lib.exp_range(step, 0.01, 0.05, 10, 0.99), rel=1e-12)
+
+
+def test_onecycle_in_plan():
+    c = make_config(16, epochs=4.0, base_lr=0.1, global_batch=48, lr__name="onecycle", lr__max_lr=0.5)
+    plan = make_plan(c, 1000)
+    T = plan.total_steps()
+    assert T == math.ceil(4000 / 48)
+    for step, s, p in plan.steps():
+        assert p.lr == pytest.approx(lr_lib.onecycle(step, T, 0.5, 0.3, 25.0, 1e4), rel=1e-12)
+
+
+def test_warmup_goyal():
+    c = make_config(64, epochs=10.0, base_lr=3.2, global_batch=8192, lr__warmup_epochs=5.0, lr__warmup_start_factor=1 / 32)
+    plan = make_plan(c, 100_000)
+    assert plan.at(0).lr == pytest.approx(0.1)
+    assert plan.at(250_000).lr == pytest.approx(0.1 + (3.2 - 0.1) / 2)
+    assert plan.at(500_000).lr == 3.2
+    assert [p.start_example for p in plan.phases] == [0, 500_000]
+
+
+def test_warmup_with_increase_batch_keeps_g():
+    kw = dict(epochs=30.0, global_batch=64, lr__name="step", lr__milestones=(10.0, 20.0), lr__factor=4.0, lr__warmup_epochs=2.0)
+    plan = make_plan(make_config(64, batch__mode="increase_batch", **kw), 2000)
+    ref = make_plan(make_config(64, batch__mode="decay_lr", **kw), 2000)
+    for s in range(0, 60_000, 97):
+        assert plan.at(s).noise_scale == pytest.approx(ref.at(s).noise_scale, rel=1e-12)
+    assert plan.at(0).lr == 0.0
+
+
+def test_cosine_growth_keeps_g_and_multiples():
+    kw = dict(epochs=50.0, global_batch=64, lr__name="cosine", batch__rounding="down")
+    plan = make_plan(make_config(32, batch__mode="hybrid", **kw), 5000)
+    ref = make_plan(make_config(32, batch__mode="decay_lr", **kw), 5000)
+    Bs = [p.global_batch for p in plan.phases]
+    assert Bs == sorted(Bs) and Bs[0] == 64 and Bs[-1] == 480  # N/10 = 500 -> 480
+    assert all(b % 32 == 0 for b in Bs)
+    for s in range(0, plan.total_examples, 331):
+        p = plan.at(s)
+        assert p.noise_scale == pytest.approx(ref.at(s).noise_scale, rel=1e-9)
+        # B is the largest multiple of M not above B0 / cosine (until B_max): ε never exceeds ε0.
+        assert p.lr <= 0.1 + 1e-12
+    assert plan.total_steps() < ref.total_steps()
+
+
+def test_to_batch_growth_step_and_cosine():
+    c = cifar("decay_lr")
+    hybrid = to_batch_growth(c, N_CIFAR, max_global_batch=5120)
+    assert hybrid.schedule.batch.mode == "hybrid" and c.schedule.batch.mode == "decay_lr"
+    assert make_plan(hybrid, N_CIFAR).total_steps() == 29142
+    cos = make_config(128, epochs=100.0, lr__name="cosine")
+    grown = make_plan(to_batch_growth(cos, N_CIFAR), N_CIFAR)
+    ref = make_plan(cos, N_CIFAR)
+    for s in range(0, 5_000_000, 49_999):
+        assert grown.at(s).noise_scale == pytest.approx(ref.at(s).noise_scale, rel=1e-9)
+    assert max(p.global_batch for p in grown.phases) == 4992
+    with pytest.raises(ConfigError):
+        to_batch_growth(make_config(128, lr__name="triangular", lr__max_lr=1.0), N_CIFAR)
+
+
+def test_non_multiple_growth_with_rounding():
+    kw = dict(epochs=30.0, global_batch=128, lr__name="step", lr__milestones=(10.0, 20.0), lr__factor=2.5, batch__mode="increase_batch")
+    with pytest.raises(ConfigError) as e:
+        make_plan(make_config(128, **kw), 1000)
+    assert e.value.field == "schedule.lr.factor"
+    plan = make_plan(make_config(128, batch__rounding="down", **kw), 1000)
+    assert [p.global_batch for p in plan.phases] == [128, 256, 768]  # 320 -> 256, 800 -> 768
+    ref = make_plan(make_config(128, **{**kw, "batch__mode": "decay_lr"}), 1000)
+    for s in range(0, 30_000, 101):
+        assert plan.at(s).noise_scale == pytest.approx(ref.at(s).noise_scale, rel=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# Property tests
+
+
+@st.composite
+def configs(draw):
+    M = draw(st.sampled_from([8, 16, 32]))
+    N = draw(st.integers(100, 3000))
+    epochs = draw(st.sampled_from([1.0, 2.5, 6.0, 10.0]))
+    mode = draw(st.sampled_from(MODES))
+    name = draw(st.sampled_from(["constant", "step", "cosine"] if mode in ("increase_batch", "hybrid") else ["constant", "step", "cosine", "triangular", "onecycle"]))
+    k = draw(st.integers(1, 4))
+    n_ms = draw(st.integers(0, 3))
+    ms = sorted(set(round(x, 2) for x in draw(st.lists(st.floats(0.05, 0.95), min_size=n_ms, max_size=n_ms))))
+    c = make_config(
+        M, epochs=epochs, base_lr=draw(st.sampled_from([0.05, 0.1, 0.4])), momentum=draw(st.sampled_from([0.0, 0.9])),
+        global_batch=k * M, lr__name=name, lr__milestones=tuple(m * epochs for m in ms),
+        lr__factor=float(draw(st.sampled_from([2, 3, 5, 10]))), lr__max_lr=1.0, lr__step_size=draw(st.integers(1, 50)),
+        lr__warmup_epochs=draw(st.sampled_from([0.0, 0.3])), batch__mode=mode,
+        batch__max_global_batch=draw(st.sampled_from([0, 8 * M, 64 * M])), batch__rounding="down",
+        batch__lr_factor=float(draw(st.sampled_from([1, 2, 4]))), batch__final_momentum=0.95,
+    )
+    return c, N
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(configs())
+def test_plan_properties(cfg):
+    config, N = cfg
+    M = config.train.global_microbatch
+    try:
+        plan = make_plan(config, N)
+    except ConfigError as e:  # the drawn B_max is below the scaled initial batch: a real error
+        assert e.field == "schedule.batch.max_global_batch"
+        assume(False)
+    # Phases cover [0, total_examples) without gaps or overlaps.
+    assert plan.phases[0].start_example == 0 and plan.phases[-1].end_example == plan.total_examples
+    for a, b in zip(plan.phases, plan.phases[1:]):
+        assert a.end_example == b.start_example and a.start_example < a.end_example
+    assert all(p.global_batch % M == 0 and p.global_batch > 0 for p in plan.phases)
+    # The simulated run: examples_seen strictly increasing, step index contiguous, B multiple of M.
+    prev, count = -1, 0
+    for step, s, p in plan.steps():
+        assert step == count and s > prev and p.global_batch % M == 0
+        assert plan.phases[p.phase].start_example <= s < plan.phases[p.phase].end_example
+        prev, count = s, count + 1
+    assert count == plan.total_steps() == sum(plan.phase_steps())
+    # Every mode keeps the noise scale of its decay_lr reference.
+    if config.schedule.lr.name in ("constant", "step", "cosine"):
+        ref = make_plan(baseline_config(config), N)
+        for s in range(0, plan.total_examples, max(1, plan.total_examples // 97)):
+            assert plan.at(s).noise_scale == pytest.approx(ref.at(s).noise_scale, rel=1e-9, abs=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+@pytest.mark.parametrize(
+    "field,kw",
+    [
+        ("schedule.base_lr", dict(base_lr=0.0)),
+        ("schedule.base_lr", dict(base_lr=-0.1)),
+        ("schedule.epochs", dict(epochs=0.0)),
+        ("schedule.momentum", dict(momentum=1.0)),
+        ("schedule.global_batch", dict(global_batch=100)),
+        ("schedule.global_batch", dict(global_batch=0)),
+        ("schedule.lr.milestones", dict(lr__name="step", lr__milestones=(60.0, 30.0))),
+        ("schedule.lr.milestones", dict(lr__name="step", lr__milestones=(60.0, 60.0))),
+        ("schedule.lr.milestones", dict(lr__name="step", lr__milestones=(10.0, 95.0))),
+        ("schedule.lr.factor", dict(lr__name="step", lr__milestones=(10.0,), lr__factor=0.5)),
+        ("schedule.lr.name", dict(lr__name="linear")),
+        ("schedule.batch.mode", dict(batch__mode="grow")),
+        ("schedule.batch.mode", dict(lr__name="triangular", lr__max_lr=1.0, batch__mode="increase_batch")),
+        ("schedule.batch.rounding", dict(batch__rounding="up")),
+        ("schedule.batch.rounding", dict(lr__name="cosine", batch__mode="hybrid")),
+        ("schedule.lr.max_lr", dict(lr__name="triangular", lr__max_lr=0.05)),
+        ("schedule.lr.step_size", dict(lr__name="triangular", lr__max_lr=1.0, lr__step_size=0)),
+        ("schedule.lr.gamma", dict(lr__name="exp_range", lr__max_lr=1.0, lr__gamma=1.5)),
+        ("schedule.lr.pct_start", dict(lr__name="onecycle", lr__pct_start=1.0)),
+        ("schedule.lr.warmup_epochs", dict(lr__warmup_epochs=90.0)),
+        ("schedule.lr.warmup_start_factor", dict(lr__warmup_start_factor=2.0)),
+        ("schedule.batch.max_global_batch", dict(batch__mode="hybrid", batch__max_global_batch=1000)),
+        ("schedule.batch.max_global_batch", dict(batch__mode="hybrid", global_batch=512, batch__max_global_batch=256)),
+        ("schedule.batch.lr_factor", dict(batch__mode="increase_lr", batch__lr_factor=1.5)),
+        ("schedule.batch.final_momentum", dict(batch__mode="increase_momentum", batch__final_momentum=0.97)),
+    ],
+)
+def test_invalid_schedules_name_the_field(field, kw):
+    config = make_config(128, **{"epochs": 90.0, **kw})
+    with pytest.raises(ConfigError) as e:
+        validate_schedule(config, N_CIFAR)
+    assert e.value.field == field
+    text = str(e.value)
+    assert text.startswith(f"config.{field}: ") and "\n" not in text
+
+
+def test_microbatch_validated():
+    config = make_config(0)
+    with pytest.raises(ConfigError) as e:
+        validate_schedule(config, N_CIFAR)
+    assert e.value.field == "train.global_microbatch"
+
+
+def test_default_schedule_is_valid():
+    validate_schedule(make_config(128), N_CIFAR)
+    plan = make_plan(make_config(128), N_CIFAR)
+    assert plan.total_steps() == math.ceil(90 * N_CIFAR / 128)
+    with pytest.raises(ValueError):
+        plan.at(-1)

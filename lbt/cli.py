@@ -23,6 +23,7 @@ EXIT_TRAINING = 3
 SUBCOMMANDS = {
     "train": "train a model (default: the embedded digits config)",
     "plan": "print the phases, steps and noise scale of a config's Plan (lbt.tools.plan)",
+    "reproduce": "run the decay-LR vs increase-batch reproduction suite (lbt.tools.reproduce)",
 }
 
 
@@ -88,6 +89,10 @@ def _dispatch(cmd: str, argv: Sequence[str]) -> int:
         from lbt.tools.plan import main as plan_main
 
         return plan_main(list(argv))
+    if cmd == "reproduce":
+        from lbt.tools.reproduce import main as reproduce_main
+
+        return reproduce_main(list(argv))
     raise AssertionError(cmd)
 
 

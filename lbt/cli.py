@@ -15,10 +15,11 @@ import os
 import sys
 from typing import Sequence
 
-from lbt.errors import ConfigError, TrainingError
+from lbt.errors import CheckpointError, ConfigError, TrainingError
 
 EXIT_CONFIG = 2
 EXIT_TRAINING = 3
+EXIT_PREEMPTED = 143  # SIGTERM honoured: checkpoint saved; rerun the same command to resume
 
 SUBCOMMANDS = {
     "train": "train a model (default: the embedded digits config)",
@@ -50,6 +51,7 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--coordinator_address", default=None, help="multi-process: host:port of process 0")
     p.add_argument("--num_processes", type=int, default=None, help="multi-process: number of processes")
     p.add_argument("--process_id", type=int, default=None, help="multi-process: this process's index")
+    p.add_argument("--allow_config_change", action="store_true", help="resume even if the config differs from the checkpoint's")
     p.add_argument("--print_config", action="store_true", help="print the resolved config and exit")
     return p
 
@@ -74,9 +76,13 @@ def cmd_train(argv: Sequence[str]) -> int:
     )
     distributed.initialize(spec)
     logging.getLogger("lbt").info("%s", distributed.describe())
-    from lbt.train.loop import train
+    from lbt.train.loop import Preempted, train
 
-    summary = train(config, args.workdir)
+    try:
+        summary = train(config, args.workdir, allow_config_change=args.allow_config_change)
+    except Preempted as e:
+        print(f"lbt: {e}; rerun the same command to resume", file=sys.stderr)
+        return EXIT_PREEMPTED
     if distributed.is_primary():
         print(json.dumps(summary))
     return 0
@@ -115,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"lbt: error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    except TrainingError as e:
+    except (TrainingError, CheckpointError) as e:
         print(f"lbt: error: {e}", file=sys.stderr)
         return EXIT_TRAINING
 

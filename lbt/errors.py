@@ -17,3 +17,7 @@ class ConfigError(ValueError):
 
 class TrainingError(RuntimeError):
     """A failure during training that the user must act on (e.g. a non-finite loss)."""
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint to resume from, or a config that differs from the checkpoint's."""

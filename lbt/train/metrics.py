@@ -45,6 +45,21 @@ class MetricsWriter:
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("examples_seen",):
                     self._tb.add_scalar(f"{prefix}{k}", v, tb_step)
 
+    def truncate_after(self, examples_seen: int) -> None:
+        """Drop train/eval records past ``examples_seen`` (a resume or rollback regenerates them).
+
+        Event records (``"event"`` key) are kept.
+        """
+        if not self.enabled:
+            return
+        self._f.close()
+        records = read_jsonl(self.path) if self.path.exists() else []
+        keep = [r for r in records if "event" in r or r.get("examples_seen", 0) <= examples_seen]
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        tmp.replace(self.path)
+        self._f = open(self.path, "a", buffering=1)
+
     def flush(self) -> None:
         if self._f:
             self._f.flush()

@@ -5,7 +5,7 @@
 #
 # Usage:
 #   launch/local.sh NPROC DEVICES_PER_PROC -- COMMAND [ARGS...]
-#   launch/local.sh 2 4 -- lbt train --config configs/digits_cnn.py --workdir /tmp/lbt-run
+#   launch/local.sh 2 4 -- lbt train --config configs/digits.py --workdir /tmp/lbt-run
 #
 # Every process gets:
 #   LBT_COORDINATOR_ADDRESS=127.0.0.1:<free port>   (process 0 hosts the coordinator)

@@ -51,6 +51,14 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--coordinator_address", default=None, help="multi-process: host:port of process 0")
     p.add_argument("--num_processes", type=int, default=None, help="multi-process: number of processes")
     p.add_argument("--process_id", type=int, default=None, help="multi-process: this process's index")
+    p.add_argument(
+        "--heartbeat_timeout_s", type=int, default=int(os.environ.get("LBT_HEARTBEAT_TIMEOUT_S", "60")),
+        help="multi-process: a peer silent this long is declared dead and every process exits with an error",
+    )
+    p.add_argument(
+        "--initialization_timeout_s", type=int, default=int(os.environ.get("LBT_INITIALIZATION_TIMEOUT_S", "300")),
+        help="multi-process: how long to wait for all processes to connect",
+    )
     p.add_argument("--allow_config_change", action="store_true", help="resume even if the config differs from the checkpoint's")
     p.add_argument("--print_config", action="store_true", help="print the resolved config and exit")
     return p
@@ -74,7 +82,9 @@ def cmd_train(argv: Sequence[str]) -> int:
         num_processes=args.num_processes,
         process_id=args.process_id,
     )
-    distributed.initialize(spec)
+    distributed.initialize(
+        spec, initialization_timeout_s=args.initialization_timeout_s, heartbeat_timeout_s=args.heartbeat_timeout_s
+    )
     logging.getLogger("lbt").info("%s", distributed.describe())
     from lbt.train.loop import Preempted, train
 

@@ -7,7 +7,7 @@ Recipe: momentum SGD (m = 0.9), linear scaling ε = 0.1 · B / 256 = 3.2, gradua
 32 examples (their per-GPU batch: ghost batch 32), no label smoothing (the paper has none).
 
 Command:
-  lbt train --config configs/imagenet_resnet50_goyal8k.py --workdir gs://bucket/resnet50_goyal8k
+  lbt train --config configs/imagenet_resnet50_goyal8k.py --workdir /gcs/bucket/resnet50_goyal8k
   lbt plan --config configs/imagenet_resnet50_goyal8k.py    # phases, steps, plan.png
 
 Hardware: designed for 256 accelerators (TPU v3-256 cores = 128 chips, a TPU v4-256 slice, or

@@ -9,7 +9,7 @@ absorbs the remainder; at epochs 60 and 80 B is already at B_max, so ε ÷ 10 (0
 (The paper's rule is the same at epoch 30 as far as updates go: B reaches 65,536 there.)
 
 Command:
-  lbt train --config configs/imagenet_resnet50_increase_batch.py --workdir gs://bucket/resnet50_increase_batch
+  lbt train --config configs/imagenet_resnet50_increase_batch.py --workdir /gcs/bucket/resnet50_increase_batch
   lbt plan --config configs/imagenet_resnet50_increase_batch.py    # phases, steps, plan.png
 
 Hardware: designed for 256 accelerators (TPU v3-256 cores, v4-256, or 256 GPUs). M = 8,192 is

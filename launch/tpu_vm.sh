@@ -5,19 +5,22 @@
 # jax.distributed.initialize() finds the workers through the TPU metadata server.
 #
 # Usage:
-#   TPU_NAME=lbt-v4-32 ZONE=us-central2-b CONFIG=configs/resnet50_imagenet.py \
-#   WORKDIR=gs://my-bucket/runs/r50 launch/tpu_vm.sh [extra lbt train flags]
+#   TPU_NAME=lbt-v4-32 ZONE=us-central2-b CONFIG=configs/imagenet_resnet50_goyal8k.py \
+#   GCS_BUCKET=my-bucket WORKDIR=/gcs/my-bucket/runs/r50 launch/tpu_vm.sh [extra lbt train flags]
 #
 #   # create the slice first, install lbt from git, and run detached:
 #   CREATE=1 ACCELERATOR_TYPE=v4-32 LBT_GIT_URL=https://github.com/me/lbt.git LBT_GIT_REF=main \
-#   DETACH=1 TPU_NAME=... ZONE=... CONFIG=... WORKDIR=gs://... launch/tpu_vm.sh
+#   DETACH=1 TPU_NAME=... ZONE=... CONFIG=... GCS_BUCKET=... WORKDIR=/gcs/... launch/tpu_vm.sh
 #
 # Variables:
 #   TPU_NAME          (required) TPU VM name
 #   ZONE              (required) zone of the TPU VM
 #   CONFIG            (required) config file, relative to the lbt checkout (copied or cloned)
-#   WORKDIR           (required) run directory; use gs://bucket/path so every worker and
-#                     later runs see it (auto-resume). A local path is per-worker.
+#   WORKDIR           (required) run directory, a path every worker and later runs see
+#                     (auto-resume): /gcs/$GCS_BUCKET/... or an NFS (Filestore) mount.
+#                     A local path is per-worker. gs:// URLs are not accepted by lbt.
+#   GCS_BUCKET        mount this bucket with Cloud Storage FUSE at /gcs/$GCS_BUCKET on every
+#                     worker (installs gcsfuse from Google's apt repository if missing)
 #   PROJECT           gcloud project (default: gcloud's configured project)
 #   CREATE=1          create the TPU VM first, with
 #     ACCELERATOR_TYPE  e.g. v4-32, v5litepod-16 (required with CREATE=1)
@@ -35,7 +38,7 @@ set -euo pipefail
 : "${TPU_NAME:?set TPU_NAME}"
 : "${ZONE:?set ZONE}"
 : "${CONFIG:?set CONFIG=configs/<recipe>.py}"
-: "${WORKDIR:?set WORKDIR (gs://bucket/path recommended)}"
+: "${WORKDIR:?set WORKDIR (a shared path, e.g. /gcs/$GCS_BUCKET/runs/x)}"
 
 GCLOUD_FLAGS=(--zone="$ZONE")
 if [[ -n ${PROJECT:-} ]]; then GCLOUD_FLAGS+=(--project="$PROJECT"); fi
@@ -66,6 +69,17 @@ if [[ ${INSTALL:-1} == 1 ]]; then
   fi
   tpu_ssh "set -e; python3 -m venv $VENV && . $VENV/bin/activate && pip install -q -U pip \
     && pip install -q '${JAX_SPEC:-jax[tpu]}' && pip install -q -e $REMOTE_DIR"
+fi
+
+if [[ -n ${GCS_BUCKET:-} ]]; then
+  # Cloud Storage FUSE: the bucket appears as a POSIX directory on every worker.
+  tpu_ssh "set -e; if ! command -v gcsfuse >/dev/null; then \
+    curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo tee /usr/share/keyrings/cloud.google.asc >/dev/null; \
+    echo \"deb [signed-by=/usr/share/keyrings/cloud.google.asc] https://packages.cloud.google.com/apt gcsfuse-\$(lsb_release -c -s) main\" \
+      | sudo tee /etc/apt/sources.list.d/gcsfuse.list >/dev/null; \
+    sudo apt-get update -q && sudo apt-get install -y -q gcsfuse; fi; \
+    sudo mkdir -p /gcs/$GCS_BUCKET && sudo chown \$(id -u):\$(id -g) /gcs/$GCS_BUCKET; \
+    mountpoint -q /gcs/$GCS_BUCKET || gcsfuse --implicit-dirs $GCS_BUCKET /gcs/$GCS_BUCKET"
 fi
 
 # Quote the user's extra flags for the remote shell.

@@ -69,6 +69,14 @@ def cmd_train(argv: Sequence[str]) -> int:
     args = _train_parser().parse_args(rest)
     from lbt import config as config_lib
 
+    if "://" in args.workdir:
+        print(
+            f"lbt: error: --workdir {args.workdir!r}: URLs are not supported; the workdir must be a path every "
+            "process can see. Mount a bucket with Cloud Storage FUSE (e.g. --workdir /gcs/<bucket>/run) or use a "
+            "shared filesystem (docs/launching.md).",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     config = config_lib.load_config(args.config, overrides)  # fails fast, before JAX starts
     if args.print_config:
         print(config_lib.to_json(config))

@@ -92,3 +92,11 @@ def test_subprocess_exit_code_and_single_line(tmp_path):
     lines = [line for line in p.stderr.splitlines() if line.strip()]
     assert [line for line in lines if "error" in line] == [lines[-1]]
     assert lines[-1].startswith("lbt: error: config.schedule.base_lr:")
+
+
+def test_url_workdir_is_rejected_with_the_fix(capsys):
+    from lbt.cli import main
+
+    assert main(["train", "--workdir", "gs://bucket/run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--workdir 'gs://bucket/run'" in err and "Cloud Storage FUSE" in err

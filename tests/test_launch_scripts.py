@@ -35,7 +35,7 @@ def test_slurm_header_requests_one_task_per_node_and_uses_srun():
 
 PLACEHOLDERS = dict(JOBSET_NAME="lbt-test", IMAGE="example.com/lbt:1", NUM_PROCESSES="4",
                     GPUS_PER_PROCESS="8", COORDINATOR_PORT="8476", MAX_RESTARTS="2",
-                    CONFIG="configs/x.py", WORKDIR="gs://bucket/run")
+                    CONFIG="configs/x.py", BUCKET="my-bucket", WORKDIR="/gcs/run")
 
 
 def _render_with_template():
@@ -58,7 +58,12 @@ def _check_jobset(rendered: str):
     [c] = pod["containers"]
     assert c["image"] == "example.com/lbt:1"
     assert c["command"][:2] == ["lbt", "train"]
-    assert c["command"][c["command"].index("--workdir") + 1] == "gs://bucket/run"
+    assert c["command"][c["command"].index("--workdir") + 1] == "/gcs/run"
+    # the workdir's bucket is mounted at /gcs by the Cloud Storage FUSE CSI driver
+    assert {"name": "gcs", "mountPath": "/gcs"} in c["volumeMounts"]
+    [gcs] = [v for v in pod["volumes"] if v["name"] == "gcs"]
+    assert gcs["csi"]["driver"] == "gcsfuse.csi.storage.gke.io" and gcs["csi"]["volumeAttributes"]["bucketName"] == "my-bucket"
+    assert job["template"]["metadata"]["annotations"]["gke-gcsfuse/volumes"] == "true"
     env = {e["name"]: e for e in c["env"]}
     assert env["LBT_NUM_PROCESSES"]["value"] == "4"
     # Coordinator = DNS name of pod 0 in the JobSet's headless service.

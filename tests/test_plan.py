@@ -232,6 +232,65 @@ def test_non_multiple_growth_with_rounding():
 
 
 # ---------------------------------------------------------------------------------------------
+# Stepped momentum (Smith et al. 2018: B ∝ 1/(1 - m))
+
+
+def test_stepped_momentum_keeps_g_across_the_step():
+    """m 0.9 -> 0.95 -> 0.975 at epochs 20 and 40 doubles B each time; g is continuous there and
+    equals the decay_lr reference (m = 0.9, B = 128) everywhere."""
+    kw = dict(momentum_schedule__milestones=(20.0, 40.0), momentum_schedule__values=(0.95, 0.975))
+    plan = make_plan(cifar("increase_batch", **kw), N_CIFAR)
+    ref = make_plan(cifar("decay_lr"), N_CIFAR)
+    # B: 128 (m .9) / 256 (m .95) / 512 (m .975) / then x5 at epochs 60, 120, 160.
+    assert [(p.global_batch, p.momentum) for p in plan.phases] == [
+        (128, 0.9), (256, 0.95), (512, 0.975), (2560, 0.975), (12800, 0.975), (64000, 0.975)
+    ]
+    for edge in (20 * N_CIFAR, 40 * N_CIFAR):
+        before, after = plan.at(edge - 1), plan.at(edge)
+        assert after.global_batch == 2 * before.global_batch and after.momentum > before.momentum
+        assert after.lr == before.lr == 0.1  # ε unchanged across the step
+        assert after.noise_scale == pytest.approx(before.noise_scale, rel=1e-12)
+    for s in range(0, plan.total_examples, 49_999):
+        assert plan.at(s).noise_scale == pytest.approx(ref.at(s).noise_scale, rel=1e-12), s
+    # Steps by hand (each phase continues from where the last step ended).
+    e = N_CIFAR
+    phases = [(0, 20 * e, 128), (20 * e, 40 * e, 256), (40 * e, 60 * e, 512), (60 * e, 120 * e, 2560),
+              (120 * e, 160 * e, 12800), (160 * e, 200 * e, 64000)]
+    assert plan.total_steps() == hand_steps(phases) == 7813 + 3906 + 1954 + 1172 + 157 + 32 == 15034
+    # The baseline that `lbt plan` compares with drops the momentum schedule.
+    assert make_plan(baseline_config(cifar("increase_batch", **kw)), N_CIFAR).total_steps() == 78125
+
+
+def test_stepped_momentum_in_decay_lr_and_hybrid_cap():
+    kw = dict(momentum_schedule__milestones=(30.0,), momentum_schedule__values=(0.98,))
+    plan = make_plan(cifar("decay_lr", **kw), N_CIFAR)
+    assert [p.global_batch for p in plan.phases] == [128, 640, 640, 640, 640]  # only m grows B
+    assert [p.lr_start for p in plan.phases] == pytest.approx([0.1, 0.1, 0.02, 0.004, 0.0008])
+    hybrid = make_plan(cifar("hybrid", batch__max_global_batch=5120, **kw), N_CIFAR)
+    ref = make_plan(cifar("decay_lr"), N_CIFAR)
+    assert [p.global_batch for p in hybrid.phases] == [128, 640, 3200, 5120, 5120]
+    for s in range(0, hybrid.total_examples, 49_999):
+        assert hybrid.at(s).noise_scale == pytest.approx(ref.at(s).noise_scale, rel=1e-12), s
+    # Cosine growth with a momentum step keeps g too (rounding down, ε absorbs).
+    ckw = dict(epochs=50.0, global_batch=64, lr__name="cosine", batch__rounding="down")
+    cos = make_plan(make_config(32, batch__mode="hybrid", momentum_schedule__milestones=(10.0,), momentum_schedule__values=(0.95,), **ckw), 5000)
+    cref = make_plan(make_config(32, batch__mode="decay_lr", **ckw), 5000)
+    Bs = [p.global_batch for p in cos.phases]
+    assert Bs == sorted(Bs) and cos.at(10 * 5000 - 1).momentum == 0.9 and cos.at(10 * 5000).momentum == 0.95
+    for s in range(0, cos.total_examples, 331):
+        assert cos.at(s).noise_scale == pytest.approx(cref.at(s).noise_scale, rel=1e-9)
+
+
+def test_trainer_reads_momentum_from_the_plan():
+    """The step loop feeds plan.at(s).momentum to the optimizer every step (injected hyperparam)."""
+    src = (ROOT / "lbt" / "train" / "loop.py").read_text()
+    assert "np.float32(point.momentum)" in src
+    from lbt.train import optim  # noqa: F401  (inject_hyperparams(learning_rate, momentum))
+
+    assert "inject_hyperparams(build)(learning_rate=0.0, momentum=0.0)" in (ROOT / "lbt" / "train" / "optim.py").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
 # Property tests
 
 
@@ -253,6 +312,13 @@ def configs(draw):
         batch__max_global_batch=draw(st.sampled_from([0, 8 * M, 64 * M])), batch__rounding="down",
         batch__lr_factor=float(draw(st.sampled_from([1, 2, 4]))), batch__final_momentum=0.95,
     )
+    if mode != "increase_momentum" and draw(st.booleans()):  # stepped momentum (B x (1-m)/(1-m'))
+        m0 = c.schedule.momentum
+        values = draw(st.sampled_from([(0.5,), (0.5, 0.75), (0.3, 0.6)] if m0 == 0.0 else [(0.95,), (0.95, 0.975), (0.93, 0.97)]))
+        at = sorted(set(round(x, 2) for x in draw(st.lists(st.floats(0.05, 0.95), min_size=len(values), max_size=len(values)))))
+        assume(len(at) == len(values))
+        c.schedule.momentum_schedule.milestones = tuple(a * epochs for a in at)
+        c.schedule.momentum_schedule.values = values
     return c, N
 
 
@@ -317,6 +383,16 @@ def test_plan_properties(cfg):
         ("schedule.batch.max_global_batch", dict(batch__mode="hybrid", global_batch=512, batch__max_global_batch=256)),
         ("schedule.batch.lr_factor", dict(batch__mode="increase_lr", batch__lr_factor=1.5)),
         ("schedule.batch.final_momentum", dict(batch__mode="increase_momentum", batch__final_momentum=0.97)),
+        ("schedule.momentum_schedule.values", dict(momentum_schedule__milestones=(10.0, 20.0), momentum_schedule__values=(0.95,))),
+        ("schedule.momentum_schedule.milestones", dict(momentum_schedule__milestones=(20.0, 10.0), momentum_schedule__values=(0.95, 0.975))),
+        ("schedule.momentum_schedule.milestones", dict(momentum_schedule__milestones=(10.0, 10.0), momentum_schedule__values=(0.95, 0.975))),
+        ("schedule.momentum_schedule.milestones", dict(momentum_schedule__milestones=(10.0, 95.0), momentum_schedule__values=(0.95, 0.975))),
+        ("schedule.momentum_schedule.milestones", dict(momentum_schedule__milestones=(0.0,), momentum_schedule__values=(0.95,))),
+        ("schedule.momentum_schedule.values", dict(momentum_schedule__milestones=(10.0, 20.0), momentum_schedule__values=(0.95, 1.0))),
+        ("schedule.momentum_schedule.values", dict(momentum=0.0, momentum_schedule__milestones=(10.0,), momentum_schedule__values=(-0.5,))),
+        ("schedule.momentum_schedule.values", dict(momentum_schedule__milestones=(10.0, 20.0), momentum_schedule__values=(0.975, 0.95))),
+        ("schedule.momentum_schedule.values", dict(momentum_schedule__milestones=(10.0,), momentum_schedule__values=(0.93,))),  # B = 182.9
+        ("schedule.momentum_schedule", dict(batch__mode="increase_momentum", momentum_schedule__milestones=(10.0,), momentum_schedule__values=(0.99,))),
     ],
 )
 def test_invalid_schedules_name_the_field(field, kw):

@@ -21,7 +21,9 @@ CONFIGS = sorted((ROOT / "configs").glob("*.py"))
 IMAGENET = {
     "imagenet_resnet50_goyal8k": (14_076, [8192] * 5, 14_076),
     "imagenet_resnet50_increase_batch": (5_865, [8192, 8192, 65536, 65536, 65536], 14_076),
-    "imagenet_inception_resnet_v2_2500": (2_346, [32768, 32768, 65536, 65536, 65536], 14_076),
+    "imagenet_inception_resnet_v2_2500": (
+        2_445, [8192, 16384, 32768, 32768, 65536, 65536, 65536], 14_076
+    ),
 }
 
 
@@ -108,12 +110,39 @@ def test_goyal_schedule_values():
 
 
 def test_inception_resnet_v2_momentum_and_noise_scale():
-    """m = 0.975 throughout; g matches the m = 0.9, B = 8192 reference in every phase."""
+    """m = 0.9 -> 0.95 -> 0.975 at epochs 0.5 and 1.5 with B 8192 -> 16384 -> 32768, then 65536
+    from epoch 30; g matches the m = 0.9, B = 8192 reference in every phase."""
     config = load_config(str(ROOT / "configs" / "imagenet_inception_resnet_v2_2500.py"))
     N = get_dataset_size("imagenet2012", config)
     plan = make_plan(config, N)
     ref = make_plan(baseline_config(config), N)
-    assert {ph.momentum for ph in plan.phases} == {0.975}
-    for s in (0, 10 * N, 45 * N, 70 * N, 85 * N):
+    assert [ph.momentum for ph in plan.phases] == [0.9, 0.95, 0.975, 0.975, 0.975, 0.975, 0.975]
+    assert {ph.momentum for ph in ref.phases} == {0.9}
+    for s in (0, N // 4, N, 2 * N, 10 * N, 45 * N, 70 * N, 85 * N, round(0.5 * N), round(1.5 * N)):
         assert plan.at(s).noise_scale == pytest.approx(ref.at(s).noise_scale, rel=1e-9)
     assert plan.at(10 * N).lr == pytest.approx(3.0)
+    assert plan.at(45 * N).lr == pytest.approx(0.6)
+
+
+def test_inception_resnet_v2_steps_by_hand():
+    """2,445 = 79 + 78 + 1,115 + 1,173: each batch size's steps continue from where the previous
+    phase's last step ended (milestones at round(epoch * N) examples)."""
+    N = 1_281_167
+    total = 90 * N  # 115,305,030
+    a, b, e30 = round(0.5 * N), round(1.5 * N), 30 * N  # 640,584 (half to even), 1,921,750, 38,435,010
+    assert (a, b, e30) == (640_584, 1_921_750, 38_435_010)
+    s = 0
+    n0 = -(-(a - s) // 8192)  # ceil(640,584 / 8,192) = 79
+    s += n0 * 8192  # 647,168
+    n1 = -(-(b - s) // 16384)  # ceil(1,274,582 / 16,384) = 78
+    s += n1 * 16384  # 1,925,120
+    n2 = -(-(e30 - s) // 32768)  # ceil(36,509,890 / 32,768) = 1,115
+    s += n2 * 32768  # 38,461,440
+    n3 = -(-(total - s) // 65536)  # ceil(76,843,590 / 65,536) = 1,173
+    assert (n0, n1, n2, n3) == (79, 78, 1115, 1173)
+    assert n0 + n1 + n2 + n3 == 2445 == IMAGENET["imagenet_inception_resnet_v2_2500"][0]
+    config = load_config(str(ROOT / "configs" / "imagenet_inception_resnet_v2_2500.py"))
+    plan = make_plan(config, N)
+    steps = plan.phase_steps()
+    assert (steps[0], steps[1], steps[2] + steps[3], sum(steps[4:])) == (79, 78, 1115, 1173)
+    assert "under 2,500" in _docstring(ROOT / "configs" / "imagenet_inception_resnet_v2_2500.py")

@@ -117,6 +117,21 @@ def test_noise_scale_equivalences():
         noise_lib.noise_scale(0.1, 100, 0, 0.9)
 
 
+def test_stepped_momentum_helpers():
+    """Smith et al. 2018's ImageNet momentum steps: 0.9 -> 0.95 -> 0.975 doubles B each time."""
+    ms, vs = (100, 200), (0.95, 0.975)
+    assert [mom_lib.stepped_momentum(s, 0.9, ms, vs) for s in (0, 99, 100, 199, 200, 10**6)] == [0.9, 0.9, 0.95, 0.95, 0.975, 0.975]
+    assert mom_lib.stepped_batch_scales(0.9, vs) == pytest.approx([2.0, 4.0])
+    # The factors telescope to (1 - m0) / (1 - m_j), so g is the same in every phase.
+    for m, scale in zip(vs, mom_lib.stepped_batch_scales(0.9, vs)):
+        assert noise_lib.noise_scale(3.0, 1000, 8192 * scale, m) == pytest.approx(noise_lib.noise_scale(3.0, 1000, 8192, 0.9))
+    assert mom_lib.stepped_momentum(5, 0.9, (), ()) == 0.9
+    with pytest.raises(ValueError):
+        mom_lib.stepped_momentum(0, 0.9, (1,), ())
+    with pytest.raises(ValueError):
+        mom_lib.stepped_batch_scales(0.9, (1.0,))
+
+
 def test_b_simple_recovers_synthetic_truth():
     # E|G_B|^2 = |G|^2 + tr(Σ)/B exactly; the estimator must invert it.
     G2, tr = 2.0, 300.0

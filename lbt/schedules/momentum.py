@@ -3,9 +3,16 @@
 With momentum the SGD noise scale is g = ε N / (B (1 - m)), so raising m from m0 to m1 at fixed
 ε keeps g if B is scaled by (1 - m0) / (1 - m1) (the paper's "increased momentum coefficient"
 schedule: m = 0.98 with a 5x larger batch). The effective learning rate is ε / (1 - m).
+
+Stepped momentum (the paper's ImageNet run, m = 0.9 -> 0.95 -> 0.975 with B 8,192 -> 16,384 ->
+32,768): m rises at milestones, and at each one B is multiplied by (1 - m_prev) / (1 - m_new);
+the factors telescope, so after the j-th milestone B = B0 (1 - m0) / (1 - m_j).
 """
 
 from __future__ import annotations
+
+import bisect
+from typing import Sequence
 
 
 def effective_lr(lr: float, momentum: float) -> float:
@@ -26,3 +33,23 @@ def batch_scale_for_momentum(momentum: float, new_momentum: float) -> float:
 def batch_for_momentum(global_batch: float, momentum: float, new_momentum: float) -> float:
     """B (1 - m0) / (1 - m1): the real-valued batch that keeps g when m0 -> m1."""
     return global_batch * batch_scale_for_momentum(momentum, new_momentum)
+
+
+def stepped_momentum(position: float, momentum: float, milestones: Sequence[float], values: Sequence[float]) -> float:
+    """m at ``position`` (same unit as ``milestones``, e.g. examples seen): ``momentum`` before the
+    first milestone, ``values[j]`` from ``milestones[j]`` on (a milestone counts from itself on)."""
+    if len(milestones) != len(values):
+        raise ValueError(f"milestones and values differ in length: {len(milestones)} != {len(values)}")
+    j = bisect.bisect_right(list(milestones), position)
+    return momentum if j == 0 else float(values[j - 1])
+
+
+def stepped_batch_scales(momentum: float, values: Sequence[float]) -> list[float]:
+    """Cumulative batch factor after each momentum step: the product of
+    (1 - m_prev) / (1 - m_new), i.e. (1 - m0) / (1 - m_j)."""
+    out, prev, scale = [], momentum, 1.0
+    for m in values:
+        scale *= batch_scale_for_momentum(prev, m)
+        out.append(scale)
+        prev = m
+    return out

@@ -21,6 +21,11 @@ g = ε N / (B (1 - m)) as the ``decay_lr`` reference at every examples_seen (Smi
 * ``increase_momentum``: m = ``batch.final_momentum`` and B scaled by (1 - m0) / (1 - m1) from the
   start, then grow B.
 
+Stepped momentum (``schedule.momentum_schedule``, any mode but ``increase_momentum``): m rises to
+``values[j]`` at ``milestones[j]`` (epochs) and B is multiplied by (1 - m_prev) / (1 - m_new)
+there, on top of the mode's growth, so g is unchanged (Smith et al. 2018's ImageNet run:
+m = 0.9 -> 0.95 -> 0.975 with B 8,192 -> 16,384 -> 32,768). Above B_max ε absorbs the rest.
+
 The growth follows a decaying LR schedule: ``step`` (B jumps at milestones) or ``cosine`` (B is
 the largest multiple of M not above B0 / cosine(t), so it rises through k*M in many phases).
 """
@@ -38,6 +43,7 @@ import ml_collections
 from lbt.errors import ConfigError
 from lbt.schedules import batch as batch_lib
 from lbt.schedules import lr as lr_lib
+from lbt.schedules import momentum as momentum_lib
 from lbt.schedules.noise import noise_scale as _noise_scale
 
 BATCH_MODES = ("decay_lr", "increase_batch", "hybrid", "increase_lr", "increase_momentum")
@@ -72,6 +78,10 @@ def default_schedule_config() -> ml_collections.ConfigDict:
         (the learning rate then absorbs the difference so g is kept).
       lr_factor: increase_lr's factor on ε and B.
       final_momentum: increase_momentum's m1.
+    ``momentum_schedule`` (stepped momentum; not with batch.mode='increase_momentum'):
+      milestones (tuple of epochs, strictly increasing, inside (0, epochs)) and values (the m from
+        each milestone on, non-decreasing, >= momentum, each in [0, 1)); at each milestone B is
+        multiplied by (1 - m_prev) / (1 - m_new) so that g is kept. Empty = constant m.
     """
     s = ml_collections.ConfigDict()
     s.epochs = 90.0
@@ -97,6 +107,9 @@ def default_schedule_config() -> ml_collections.ConfigDict:
     s.batch.rounding = "error"
     s.batch.lr_factor = 1.0
     s.batch.final_momentum = 0.98
+    s.momentum_schedule = ml_collections.ConfigDict()
+    s.momentum_schedule.milestones = ()
+    s.momentum_schedule.values = ()
     return s
 
 
@@ -166,8 +179,11 @@ class _Spec:
     mode: str
     cap: int | None
     rounding: str
-    momentum: float  # m used by the plan
+    momentum: float  # m used by the plan (before any momentum milestone)
     init_scale: float  # B_init / B0 (before milestones)
+    m_milestones: tuple[int, ...] = ()  # stepped momentum, in examples
+    m_values: tuple[float, ...] = ()
+    m_scales: tuple[float, ...] = ()  # cumulative B factor (1 - momentum) / (1 - m_j)
 
 
 def _num(x: Any) -> bool:
@@ -282,6 +298,9 @@ def _resolve(config: ml_collections.ConfigDict, N: int) -> _Spec:
             "a cosine schedule cannot be mirrored exactly by multiples of train.global_microbatch; set schedule.batch.rounding='down' (ε absorbs the difference, g is kept)",
         )
 
+    # (Each stepped batch is checked against M while the plan is built.)
+    m_milestones, m_values, m_scales = _resolve_momentum_schedule(s, N, mode, momentum)
+
     max_lr = float(lrc.max_lr) if name in lr_lib.CYCLIC else (float(lrc.max_lr) or float(s.base_lr))
     return _Spec(
         N=N, M=M, total=total, base_lr=float(s.base_lr), m0=float(s.momentum), B0=B0, name=name,
@@ -291,7 +310,50 @@ def _resolve(config: ml_collections.ConfigDict, N: int) -> _Spec:
         pct_start=float(lrc.pct_start), div_factor=float(lrc.div_factor),
         final_div_factor=float(lrc.final_div_factor), mode=mode, cap=cap, rounding=rounding,
         momentum=momentum, init_scale=init_scale,
+        m_milestones=m_milestones, m_values=m_values, m_scales=m_scales,
     )
+
+
+def _resolve_momentum_schedule(
+    s: ml_collections.ConfigDict, N: int, mode: str, momentum: float
+) -> tuple[tuple[int, ...], tuple[float, ...], tuple[float, ...]]:
+    """Validate ``schedule.momentum_schedule``; returns (milestones in examples, values, cumulative
+    batch factors (1 - m0) / (1 - m_j))."""
+    ms_cfg = s.get("momentum_schedule")
+    if ms_cfg is None:
+        return (), (), ()
+    ms, vs = tuple(ms_cfg.get("milestones", ()) or ()), tuple(ms_cfg.get("values", ()) or ())
+    if len(ms) != len(vs):
+        raise ConfigError(
+            "schedule.momentum_schedule.values",
+            f"needs one momentum per milestone, got {len(vs)} values for {len(ms)} milestones; e.g. milestones=(1.0, 2.0), values=(0.95, 0.975)",
+        )
+    if not ms:
+        return (), (), ()
+    if mode == "increase_momentum":
+        raise ConfigError(
+            "schedule.momentum_schedule",
+            "cannot be combined with batch.mode='increase_momentum' (which already sets m = final_momentum from the start); use batch.mode='hybrid' or 'increase_batch' with the stepped momentum, or clear momentum_schedule",
+        )
+    if not all(_num(m) for m in ms):
+        raise ConfigError("schedule.momentum_schedule.milestones", f"must be numbers (epochs), got {ms!r}; e.g. (1.0, 2.0)")
+    if any(b <= a for a, b in zip(ms, ms[1:])):
+        raise ConfigError("schedule.momentum_schedule.milestones", f"must be strictly increasing, got {ms!r}; e.g. {tuple(sorted(set(ms)))!r}")
+    if not (0 < ms[0] and ms[-1] < s.epochs):
+        raise ConfigError("schedule.momentum_schedule.milestones", f"must lie in (0, epochs={s.epochs}), got {ms!r}")
+    for v in vs:
+        if not _num(v) or not 0.0 <= v < 1.0:
+            raise ConfigError("schedule.momentum_schedule.values", f"each momentum must be in [0, 1), got {v!r} in {vs!r}; e.g. (0.95, 0.975)")
+    prev = momentum
+    for v in vs:
+        if v < prev:
+            raise ConfigError(
+                "schedule.momentum_schedule.values",
+                f"must not decrease (and start at >= schedule.momentum={momentum}), got {vs!r}: B ∝ 1/(1-m) would shrink; sort them or lower schedule.momentum",
+            )
+        prev = v
+    scales = tuple(momentum_lib.stepped_batch_scales(momentum, vs))
+    return tuple(int(round(m * N)) for m in ms), tuple(float(v) for v in vs), scales
 
 
 def validate_schedule(config: ml_collections.ConfigDict, N: int) -> None:
@@ -328,33 +390,46 @@ def _decay(spec: _Spec, s: int) -> float:
     return 1.0
 
 
-def _batch_and_scale(spec: _Spec, s: int) -> tuple[int, Fraction]:
-    """(B, ε multiplier) at examples_seen s for the spec's mode; keeps g of the reference."""
+def _momentum_at(spec: _Spec, s: int) -> tuple[float, float, int]:
+    """(m, cumulative B factor (1 - m_base) / (1 - m), momentum steps taken) at examples_seen s."""
+    if not spec.m_milestones:
+        return spec.momentum, 1.0, 0
+    j = bisect.bisect_right(spec.m_milestones, s)
+    m = momentum_lib.stepped_momentum(s, spec.momentum, spec.m_milestones, spec.m_values)
+    return m, (spec.m_scales[j - 1] if j else 1.0), j
+
+
+def _batch_and_scale(spec: _Spec, s: int) -> tuple[int, Fraction, float]:
+    """(B, ε multiplier, m) at examples_seen s for the spec's mode; keeps g of the reference."""
+    m, mscale, j = _momentum_at(spec, s)
+    mfield = "schedule.momentum_schedule.values"
     if spec.mode == "decay_lr":
-        if spec.name == "step":
-            return spec.B0, lr_lib.step_decay_multiplier(s, spec.milestones, spec.factor)
-        return spec.B0, Fraction(1)
+        decay = lr_lib.step_decay_multiplier(s, spec.milestones, spec.factor) if spec.name == "step" else Fraction(1)
+        if not j:
+            return spec.B0, decay, m
+        B = batch_lib.hybrid_batch(spec.B0 * mscale, spec.cap, spec.M, spec.rounding, mfield)
+        return B, decay * Fraction(B, spec.B0) * _momentum_ratio(m, spec.m0), m
     if spec.name == "step":
         i = lr_lib.step_decay_count(s, spec.milestones)
         decay = Fraction(1) / Fraction(spec.factor) ** i
-        ideal = spec.B0 * spec.init_scale * spec.factor**i
-        field = "schedule.lr.factor" if i else (
+        ideal = spec.B0 * spec.init_scale * spec.factor**i * mscale
+        field = mfield if j else "schedule.lr.factor" if i else (
             "schedule.batch.lr_factor" if spec.mode == "increase_lr"
             else "schedule.batch.final_momentum" if spec.mode == "increase_momentum"
             else "schedule.global_batch"
         )
     elif spec.name == "cosine":
         decay = Fraction(1)  # the cosine shape is applied continuously in _lr
-        ideal = spec.B0 * spec.init_scale / max(_decay(spec, s), 1e-300)
+        ideal = spec.B0 * spec.init_scale * mscale / max(_decay(spec, s), 1e-300)
         field = "schedule.batch.rounding"
     else:
         decay = Fraction(1)
-        ideal = spec.B0 * spec.init_scale
-        field = "schedule.batch.lr_factor" if spec.mode == "increase_lr" else "schedule.batch.final_momentum"
+        ideal = spec.B0 * spec.init_scale * mscale
+        field = mfield if j else "schedule.batch.lr_factor" if spec.mode == "increase_lr" else "schedule.batch.final_momentum"
     B = batch_lib.hybrid_batch(ideal, spec.cap, spec.M, spec.rounding, field)
     # g = ε N / (B (1 - m)) equal to the reference's ε_ref N / (B0 (1 - m0)).
-    scale = decay * Fraction(B, spec.B0) * _momentum_ratio(spec.momentum, spec.m0)
-    return B, scale
+    scale = decay * Fraction(B, spec.B0) * _momentum_ratio(m, spec.m0)
+    return B, scale, m
 
 
 def _momentum_ratio(m: float, m0: float) -> Fraction:
@@ -371,6 +446,7 @@ def _boundaries(spec: _Spec) -> list[int]:
         points.add(spec.warmup)
     if spec.name == "step":
         points.update(m for m in spec.milestones if 0 < m < spec.total)
+    points.update(m for m in spec.m_milestones if 0 < m < spec.total)
     if spec.mode in GROWTH_MODES and spec.name == "cosine":
         # B(s) is a non-decreasing step function: find each jump by bisection on integers.
         s = spec.warmup
@@ -395,9 +471,9 @@ def _segments(spec: _Spec) -> list[_Segment]:
     segs: list[_Segment] = []
     step, s = 0, 0
     for a, b in zip(pts, pts[1:]):
-        B, scale = _batch_and_scale(spec, a)
+        B, scale, m = _batch_and_scale(spec, a)
         n = max(0, -(-(b - s) // B))
-        segs.append(_Segment(a, b, B, spec.momentum, scale, float(Fraction(spec.base_lr) * scale), step, s))
+        segs.append(_Segment(a, b, B, m, scale, float(Fraction(spec.base_lr) * scale), step, s))
         step += n
         s += n * B
     return segs
@@ -507,6 +583,9 @@ def baseline_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     c = config.copy_and_resolve_references()
     with c.unlocked():
         c.schedule.batch.mode = "decay_lr"
+        if "momentum_schedule" in c.schedule:  # the reference keeps m = m0 and B = B0
+            c.schedule.momentum_schedule.milestones = ()
+            c.schedule.momentum_schedule.values = ()
     return c
 
 

@@ -13,7 +13,7 @@ past B_max ≈ N/10 the "hybrid" schedule decays ε instead. This tool trains th
 Usage::
 
     lbt reproduce --suite digits|mnist|cifar10 [--seeds 3] [--out docs] [--workdir runs/reproduce]
-                  [--epochs E] [--data PATH] [--num_cpu_devices 8] [--reuse]
+                  [--epochs E] [--data PATH] [--num_cpu_devices 1] [--reuse]
 
 Each run has its own workdir ``<workdir>/<suite>/<plan>/seed<i>`` (``config.seed = i`` changes
 the data order and the initialisation). Afterwards the tool writes
@@ -29,8 +29,15 @@ the data order and the initialisation). Afterwards the tool writes
 Suites: ``digits`` (scikit-learn digits, ``configs/reproduce_digits.py``), ``mnist`` (10k real
 MNIST digits from an .npz, ``configs/reproduce_mnist.py``; ``--data`` defaults to
 ``../shared/data/mnist10k.npz`` next to the repository) and ``cifar10`` (the unchanged
-``configs/cifar10_wrn16_4_{decay_lr,increase_batch,hybrid}.py``; needs the tfds data and an
-accelerator). ``--epochs`` rescales the milestones proportionally.
+``configs/cifar10_wrn16_4_{decay_lr,increase_batch,hybrid}.py``; needs the tfds data, ``--data``
+is its data_dir, and an accelerator). ``--epochs`` rescales the milestones proportionally.
+
+On a CPU the suite runs on **one** CPU device by default (``--num_cpu_devices`` or
+``$LBT_NUM_CPU_DEVICES`` to change it). Simulated CPU devices are threads: they add no compute on
+a small machine, only collectives, and on a 2-core machine shared with other jobs an 8-device
+digits run once stalled for good in an all-reduce rendezvous (7 of 8 device threads waiting, 0%
+CPU; intermittent: the same run later finished normally). Ghost BN is defined by example index (DESIGN.md semantics 4), so the training semantics
+do not depend on the device count.
 """
 
 from __future__ import annotations
@@ -94,7 +101,8 @@ def suite_configs(
     """The config of each plan of ``suite`` (``{plan: ConfigDict}``), same epochs for all.
 
     digits / mnist: the suite's base config with ``schedule.batch.mode`` set per plan (hybrid uses
-    the default B_max = N/10 rounded down to a multiple of M). cifar10: the three recipe files.
+    the default B_max = N/10 rounded down to a multiple of M). cifar10: the three recipe files,
+    unchanged except ``dataset.data_dir = data`` when ``data`` is given.
     ``eval_every_epochs`` defaults to the config's own value.
     """
     from lbt.errors import ConfigError
@@ -103,6 +111,10 @@ def suite_configs(
         raise ConfigError("suite", f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")
     if suite == "cifar10":
         configs = {p: _load_file(f"cifar10_wrn16_4_{p}.py") for p in PLANS}
+        if data:  # the tfds data_dir holding the prepared array_record cifar10 (docs/data.md)
+            for c in configs.values():
+                with c.unlocked():
+                    c.dataset.data_dir = str(data)
     else:
         base = _load_file(f"reproduce_{suite}.py")
         if suite == "mnist":
@@ -488,7 +500,7 @@ def describe_machine() -> str:
     kind = devs[0].platform
     cpu = f"{os.cpu_count()}-core {platform.machine()} CPU"
     if kind == "cpu":
-        return f"{cpu}, {len(devs)} simulated CPU devices (jax {jax.__version__})"
+        return f"{cpu}, {len(devs)} CPU device{'s' if len(devs) > 1 else ''} (jax {jax.__version__})"
     return f"{len(devs)} × {devs[0].device_kind} ({cpu}, jax {jax.__version__})"
 
 
@@ -507,8 +519,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="runs/reproduce", help="run directories (default runs/reproduce)")
     p.add_argument("--epochs", type=float, default=None, help="override the epochs (milestones scale with them)")
     p.add_argument("--eval_every_epochs", type=float, default=None, help="override the eval interval")
-    p.add_argument("--data", default=None, help=f"mnist: the .npz (default {DEFAULT_MNIST})")
-    p.add_argument("--num_cpu_devices", type=int, default=None, help="simulated CPU devices (default 8 or $LBT_NUM_CPU_DEVICES)")
+    p.add_argument("--data", default=None, help=f"mnist: the .npz (default {DEFAULT_MNIST}); cifar10: the tfds data_dir (default: tfds's)")
+    p.add_argument("--num_cpu_devices", type=int, default=None, help="simulated CPU devices (default 1 or $LBT_NUM_CPU_DEVICES)")
     p.add_argument("--reuse", action="store_true", help="keep finished runs whose config is unchanged")
     return p
 
@@ -533,7 +545,10 @@ def main(argv: list[str] | None = None) -> int:
     _patient_cpu_collectives()
     from lbt.cli import setup_jax
 
-    setup_jax(args.num_cpu_devices)  # before anything starts a JAX backend
+    import os
+
+    n_cpu = args.num_cpu_devices if args.num_cpu_devices is not None else int(os.environ.get("LBT_NUM_CPU_DEVICES", "1"))
+    setup_jax(n_cpu)  # before anything starts a JAX backend
     from lbt.errors import ConfigError
 
     if args.seeds < 1:

@@ -67,13 +67,19 @@ class TrainStream:
 def eval_batches(source, microbatch: int, process_index: int = 0, process_count: int = 1):
     """Yield ``(images, labels, mask)`` local slices covering the split exactly once.
 
-    The last batch is padded (by repeating example 0) and masked, never dropped.
+    The last batch is padded (by repeating example 0) and masked, never dropped. A source with
+    ``get_with_mask`` (tfds, ``dataset.on_corrupt='skip'``) also masks out skipped corrupt examples.
     """
     n = len(source)
     lo, hi = process_slice(microbatch, process_index, process_count)
+    get_with_mask = getattr(source, "get_with_mask", None)
     for start in range(0, n, microbatch):
         pos = np.arange(start + lo, start + hi)
         mask = pos < n
         idx = np.where(mask, pos, 0)
-        images, labels = source.get(idx, pos, False)
+        if get_with_mask is not None:
+            images, labels, ok = get_with_mask(idx, pos, False)
+            mask = mask & ok
+        else:
+            images, labels = source.get(idx, pos, False)
         yield images, labels, mask.astype(np.float32)

@@ -207,10 +207,11 @@ class TfdsSource:
     def _read(self, index: int) -> Any:
         return self._records[int(index)]
 
-    def _good_example(self, index: int, record: Any = None) -> tuple[np.ndarray, int]:
-        """Decode ``index``; on failure raise (error) or walk to the next good index (skip)."""
+    def _good_example(self, index: int, record: Any = None) -> tuple[np.ndarray, int, bool]:
+        """``(image, label, ok)`` of ``index``; on failure raise (error) or walk to the next good
+        index (skip), with ``ok=False`` marking the replacement."""
         try:
-            return self._decode(self._read(index) if record is None else record, index)
+            return (*self._decode(self._read(index) if record is None else record, index), True)
         except Exception as e:
             if self.on_corrupt == "error":
                 raise CorruptExampleError(self.name, self.split, index, f"{type(e).__name__}: {e}") from e
@@ -219,7 +220,7 @@ class TfdsSource:
         for step in range(1, self._n):
             j = (index + step) % self._n
             try:
-                return self._decode(self._read(j), j)
+                return (*self._decode(self._read(j), j), False)
             except Exception as e:
                 self._mark_corrupt(j, e)
         raise CorruptExampleError(self.name, self.split, index, f"every example of the split is corrupt ({first_error})")
@@ -234,11 +235,11 @@ class TfdsSource:
                 self.name, self.split, index, type(error).__name__, error, self.corrupt_count,
             )
 
-    def _load(self, request: tuple[int, int, bool, Any]) -> tuple[np.ndarray, int]:
+    def _load(self, request: tuple[int, int, bool, Any]) -> tuple[np.ndarray, int, bool]:
         index, position, train, record = request
-        image, label = self._good_example(index, record)
+        image, label, ok = self._good_example(index, record)
         out = self.preprocessor.train(image, self.seed, position) if train else self.preprocessor.eval(image)
-        return out, label
+        return out, label, ok
 
     def _read_batch(self, indices: Sequence[int]) -> list[Any]:
         """Raw records of ``indices`` in one array_record batch read; ``None`` = read one by one."""
@@ -255,6 +256,13 @@ class TfdsSource:
 
     def get(self, indices: np.ndarray, positions: np.ndarray | None = None, train: bool = True):
         """Preprocessed float32 images ``[n, H, W, 3]`` and int32 labels ``[n]`` of ``indices``."""
+        images, labels, _ = self.get_with_mask(indices, positions, train)
+        return images, labels
+
+    def get_with_mask(self, indices: np.ndarray, positions: np.ndarray | None = None, train: bool = True):
+        """:meth:`get` plus a bool ``[n]`` mask, False where a corrupt example was replaced (skip).
+
+        Eval uses the mask so that a skipped example counts nowhere (not twice)."""
         indices = [int(i) for i in np.asarray(indices).reshape(-1)]
         if positions is None:
             positions = indices
@@ -270,10 +278,12 @@ class TfdsSource:
         h, w, c = self.image_shape
         images = np.empty((len(out), h, w, c), np.float32)
         labels = np.empty((len(out),), np.int32)
-        for k, (img, lab) in enumerate(out):
+        ok = np.empty((len(out),), bool)
+        for k, (img, lab, good) in enumerate(out):
             images[k] = img
             labels[k] = lab
-        return images, labels
+            ok[k] = good
+        return images, labels, ok
 
 
 def image_size_for(config) -> int:

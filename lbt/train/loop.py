@@ -222,6 +222,8 @@ class Trainer:
             for rec, dev in pending:
                 rec.update(loss=float(host_value(dev["loss"])), grad_norm=float(host_value(dev["grad_norm"])))
                 rec["skipped_nonfinite"] = not bool(host_value(dev["finite"]))
+                if hasattr(self.splits.train, "corrupt_count"):  # tfds, dataset.on_corrupt='skip'
+                    rec["corrupt_skipped"] = self.splits.train.corrupt_count
                 writer.write(rec, tb_step=rec["examples_seen"], prefix="train/")
                 if rec["skipped_nonfinite"]:
                     bad = rec
@@ -268,6 +270,11 @@ class Trainer:
                     "noise_scale": point.noise_scale,
                 }
                 pending.append((record, dev_metrics))
+                if len(pending) >= 2:
+                    # Bound async dispatch to one step ahead. A deep queue of collective programs
+                    # (e.g. log_every_steps=1000) deadlocked XLA:CPU's simulated devices in an
+                    # all-reduce rendezvous; one step of lookahead keeps the devices busy.
+                    jax.block_until_ready(pending[-2][1]["loss"])
                 examples_seen += B
                 step += 1
                 if pbar is not None:
@@ -367,6 +374,7 @@ class Trainer:
             "resumed": resumed is not None,
             "rollbacks": rollbacks,
             "skipped_examples": sum(w[1] - w[0] for w in skip_windows),
+            "corrupt_examples_skipped": self.corrupt_skipped(),
             "final_state_sha256": digest,
         }
         if self.primary:
@@ -380,6 +388,13 @@ class Trainer:
         self.final_state = state
         return summary
 
+    def corrupt_skipped(self) -> dict[str, int]:
+        """Distinct corrupt examples this process met and skipped, per split (``on_corrupt='skip'``)."""
+        return {
+            split: int(getattr(src, "corrupt_count", 0))
+            for split, src in (("train", self.splits.train), ("test", self.splits.test))
+        }
+
     def _write_eval(self, writer: MetricsWriter, state: TrainState, examples_seen: int, step: int) -> dict[str, float]:
         ev = self.evaluate(state)
         rec = {
@@ -391,6 +406,8 @@ class Trainer:
             "loss": ev["loss"],
             "count": ev["count"],
         }
+        if hasattr(self.splits.test, "corrupt_count"):
+            rec["corrupt_skipped"] = self.splits.test.corrupt_count  # masked out of accuracy and count
         writer.write(rec, tb_step=examples_seen, prefix="eval/")
         writer.flush()
         if self.primary:

@@ -1,0 +1,190 @@
+"""Input pipeline vs trainer throughput: is the input pipeline ever the bottleneck?
+
+For each config it measures examples/s of
+
+* the pipeline alone: ``TrainStream.local_microbatch`` over many consecutive positions (one
+  thread, no prefetch), and the prefetching ``TrainStream.iterate`` (what the trainer consumes);
+* the trainer: ``lbt.train.loop.Trainer(config, workdir).run()`` on the same data. Compilation is
+  removed by differencing two runs of different length: (examples_long - examples_short) /
+  (train_s_long - train_s_short).
+
+Configs: ``digits`` (8x8x1, in memory), ``npz32`` (a synthetic in-memory 32x32x3 npz, CIFAR-size),
+and ``tfds_cifar10`` (a synthetic 32x32x3 PNG dataset written as array_record with the real cifar10
+name/version/features, read through ``tfds.data_source`` + grain + decode + augmentation: the
+real CIFAR-10 path). It prints one JSON line; ``ratio`` is pipeline(iterate)/trainer, and the
+headline ``ratio_min`` is the smallest over configs (> 1 means the input pipeline keeps up).
+
+    python benchmarks/input_pipeline.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# 8 simulated devices on a few shared cores: a device thread can reach a collective long after
+# its peers; wait instead of aborting after XLA's default 40 s.
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_cpu_collective_call_terminate_timeout_seconds=600"
+    " --xla_cpu_collective_call_warn_stuck_timeout_seconds=120"
+).strip()
+import jax  # noqa: E402
+
+jax.config.update("jax_num_cpu_devices", 8)
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lbt.config import base_config  # noqa: E402
+from lbt.data.pipeline import TrainStream  # noqa: E402
+from lbt.data.sources import load_splits  # noqa: E402
+
+
+def _config(name: str, **dataset):
+    c = base_config()
+    c.name = f"bench_{name}"
+    c.dataset.name = name
+    for k, v in dataset.items():
+        c.dataset[k] = v
+    c.train.global_microbatch = 64
+    c.train.progress = False
+    c.train.eval_every_epochs = 0.0
+    c.train.log_every_steps = 10  # the default; see docs/benchmarks.md on deep async dispatch
+    s = c.schedule
+    s.global_batch = 64
+    s.lr.name = "constant"
+    s.lr.milestones = ()
+    s.batch.mode = "decay_lr"
+    return c
+
+
+def write_npz(path: Path, n: int) -> str:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=(n,), dtype=np.int64)
+    np.savez(path, images=images, labels=labels)
+    return str(path)
+
+
+def write_tfds_cifar(data_dir: Path, n_train: int, n_test: int) -> str:
+    """A synthetic array_record 'cifar10' (same name, version, features as tfds' builder)."""
+    import tensorflow_datasets as tfds
+    from PIL import Image
+
+    def png(a):
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, format="PNG")
+        return buf.getvalue()
+
+    class Cifar10(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        name = "cifar10"
+        VERSION = tfds.core.Version("3.0.2")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(
+                builder=self,
+                features=tfds.features.FeaturesDict(
+                    {
+                        "id": tfds.features.Text(),
+                        "image": tfds.features.Image(shape=(32, 32, 3)),
+                        "label": tfds.features.ClassLabel(num_classes=10),
+                    }
+                ),
+            )
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(n_train, 0), "test": self._generate_examples(n_test, 1)}
+
+        def _generate_examples(self, n, salt):
+            rng = np.random.default_rng(salt)
+            for k in range(n):
+                img = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+                yield k, {"id": f"{salt}_{k}", "image": io.BytesIO(png(img)), "label": k % 10}
+
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    Cifar10(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
+    return str(data_dir)
+
+
+def pipeline_rates(config, microbatches: int) -> dict[str, float]:
+    source = load_splits(config).train
+    stream = TrainStream(source, config.seed, config.train.global_microbatch)
+    M = config.train.global_microbatch
+    stream.local_microbatch(0)  # warm caches (permutation, file handles)
+    t = time.perf_counter()
+    for i in range(microbatches):
+        stream.local_microbatch(i * M)
+    direct = microbatches * M / (time.perf_counter() - t)
+    it = stream.iterate(0, prefetch=8)
+    next(it)
+    t = time.perf_counter()
+    for _ in range(microbatches):
+        next(it)
+    prefetched = microbatches * M / (time.perf_counter() - t)
+    it.close()
+    return {"local_microbatch_eps": direct, "iterate_eps": prefetched}
+
+
+def trainer_rate(config, epochs_short: float, epochs_long: float) -> dict[str, float]:
+    from lbt.train.loop import Trainer
+
+    runs = []
+    for epochs in (epochs_short, epochs_long):
+        c = config.copy_and_resolve_references()
+        c.schedule.epochs = epochs
+        with tempfile.TemporaryDirectory() as wd:
+            s = Trainer(c, wd).run()
+        runs.append((s["examples_seen"], s["examples_seen"] / s["train_examples_per_s"]))
+    (e1, t1), (e2, t2) = runs
+    if t2 - t1 < 0.2 * t2:  # compile-time noise swamped the difference: the number would be garbage
+        raise RuntimeError(f"trainer timing too noisy (short {t1:.1f} s, long {t2:.1f} s); rerun on a quieter machine")
+    return {"trainer_eps": (e2 - e1) / max(t2 - t1, 1e-9), "trainer_eps_incl_compile": e2 / t2}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer microbatches and shorter runs")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    mb = 20 if args.quick else 50
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        cases = {
+            "digits": (lambda: _config("digits"), (1.0, 4.0)),
+            "npz32": (lambda: _config("npz", path=write_npz(tmp / "synthetic32.npz", 2560)), (1.0, 3.0)),
+            "tfds_cifar10": (lambda: _config("cifar10", data_dir=write_tfds_cifar(tmp / "tfds", 2048, 256)), (1.0, 3.0)),
+        }
+        scale = 0.5 if args.quick else 1.0
+        for name, (make, (e_short, e_long)) in cases.items():
+            config = make()
+            print(f"[input_pipeline] {name}: pipeline", file=sys.stderr, flush=True)
+            r = pipeline_rates(config, mb)
+            print(f"[input_pipeline] {name}: trainer", file=sys.stderr, flush=True)
+            r.update(trainer_rate(config, e_short * scale, e_long * scale))
+            r["ratio"] = r["iterate_eps"] / r["trainer_eps"]
+            r["ratio_direct"] = r["local_microbatch_eps"] / r["trainer_eps"]
+            results[name] = {k: round(v, 2) for k, v in r.items()}
+    out = {
+        "benchmark": "input_pipeline",
+        "devices": jax.device_count(),
+        "cpu_cores": os.cpu_count(),
+        "global_microbatch": 64,
+        "model": "cnn",
+        "ratio_min": min(r["ratio"] for r in results.values()),
+        "configs": results,
+    }
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -10,9 +10,10 @@ For each config it measures examples/s of
 
 Configs: ``digits`` (8x8x1, in memory), ``npz32`` (a synthetic in-memory 32x32x3 npz, CIFAR-size),
 and ``tfds_cifar10`` (a synthetic 32x32x3 PNG dataset written as array_record with the real cifar10
-name/version/features, read through ``tfds.data_source`` + grain + decode + augmentation: the
-real CIFAR-10 path). It prints one JSON line; ``ratio`` is pipeline(iterate)/trainer, and the
-headline ``ratio_min`` is the smallest over configs (> 1 means the input pipeline keeps up).
+name/version/features by :func:`lbt.data.synthetic.write_fake_cifar10`, read through
+``tfds.data_source`` + grain + decode + augmentation: the real CIFAR-10 path). It prints one JSON
+line; ``ratio`` is pipeline(iterate)/trainer, and the headline ``ratio_min`` is the smallest over
+configs (> 1 means the input pipeline keeps up).
 
     python benchmarks/input_pipeline.py [--quick]
 """
@@ -20,7 +21,6 @@ headline ``ratio_min`` is the smallest over configs (> 1 means the input pipelin
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import os
@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lbt.config import base_config  # noqa: E402
 from lbt.data.pipeline import TrainStream  # noqa: E402
 from lbt.data.sources import load_splits  # noqa: E402
+from lbt.data.synthetic import write_fake_cifar10  # noqa: E402
 
 
 def _config(name: str, **dataset):
@@ -73,46 +74,6 @@ def write_npz(path: Path, n: int) -> str:
     labels = rng.integers(0, 10, size=(n,), dtype=np.int64)
     np.savez(path, images=images, labels=labels)
     return str(path)
-
-
-def write_tfds_cifar(data_dir: Path, n_train: int, n_test: int) -> str:
-    """A synthetic array_record 'cifar10' (same name, version, features as tfds' builder)."""
-    import tensorflow_datasets as tfds
-    from PIL import Image
-
-    def png(a):
-        buf = io.BytesIO()
-        Image.fromarray(a).save(buf, format="PNG")
-        return buf.getvalue()
-
-    class Cifar10(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-        name = "cifar10"
-        VERSION = tfds.core.Version("3.0.2")
-
-        def _info(self):
-            return tfds.core.DatasetInfo(
-                builder=self,
-                features=tfds.features.FeaturesDict(
-                    {
-                        "id": tfds.features.Text(),
-                        "image": tfds.features.Image(shape=(32, 32, 3)),
-                        "label": tfds.features.ClassLabel(num_classes=10),
-                    }
-                ),
-            )
-
-        def _split_generators(self, dl_manager):
-            return {"train": self._generate_examples(n_train, 0), "test": self._generate_examples(n_test, 1)}
-
-        def _generate_examples(self, n, salt):
-            rng = np.random.default_rng(salt)
-            for k in range(n):
-                img = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
-                yield k, {"id": f"{salt}_{k}", "image": io.BytesIO(png(img)), "label": k % 10}
-
-    logging.getLogger("absl").setLevel(logging.ERROR)
-    Cifar10(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
-    return str(data_dir)
 
 
 def pipeline_rates(config, microbatches: int) -> dict[str, float]:
@@ -162,7 +123,7 @@ def main() -> None:
         cases = {
             "digits": (lambda: _config("digits"), (1.0, 4.0)),
             "npz32": (lambda: _config("npz", path=write_npz(tmp / "synthetic32.npz", 2560)), (1.0, 3.0)),
-            "tfds_cifar10": (lambda: _config("cifar10", data_dir=write_tfds_cifar(tmp / "tfds", 2048, 256)), (1.0, 3.0)),
+            "tfds_cifar10": (lambda: _config("cifar10", data_dir=write_fake_cifar10(tmp / "tfds", 2048, 256)), (1.0, 3.0)),
         }
         scale = 0.5 if args.quick else 1.0
         for name, (make, (e_short, e_long)) in cases.items():

@@ -1,8 +1,10 @@
 """The tfds + grain input path, offline: tiny array_record datasets written in the test.
 
-The cifar10 / imagenet2012 fixtures are written by builders with the *same name, version and
-features* as the real tfds builders (Image features holding PNG / JPEG bytes), so
-``lbt.data.tfds_sources.load_splits`` opens them through the real ``tfds.data_source`` path.
+The cifar10 fixtures come from :func:`lbt.data.synthetic.write_fake_cifar10` (shared with
+``benchmarks/input_pipeline.py``), the imagenet2012 one from a builder here; both builders have
+the *same name, version and features* as the real tfds builders (Image features holding PNG /
+JPEG bytes), so ``lbt.data.tfds_sources.load_splits`` opens them through the real
+``tfds.data_source`` path.
 No TensorFlow is needed: the images are passed to tfds as already-encoded bytes.
 """
 
@@ -18,61 +20,16 @@ import pytest
 tfds = pytest.importorskip("tensorflow_datasets")
 pytest.importorskip("grain")
 
-from PIL import Image  # noqa: E402
-
 from lbt.config import base_config  # noqa: E402
 from lbt.data import preprocess as pp  # noqa: E402
 from lbt.data import tfds_sources  # noqa: E402
 from lbt.data.order import example_indices  # noqa: E402
 from lbt.data.pipeline import TrainStream, eval_batches  # noqa: E402
 from lbt.data.sources import load_splits  # noqa: E402
+from lbt.data.synthetic import encode_image, synthetic_pixels, write_fake_cifar10  # noqa: E402
 from lbt.errors import ConfigError  # noqa: E402
 
-N_TRAIN, N_TEST = 37, 13
-
-
-def _encode(array: np.ndarray, fmt: str) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format=fmt)
-    return buf.getvalue()
-
-
-def _pixels(key: int, shape) -> np.ndarray:
-    return np.random.default_rng(1000 + key).integers(0, 256, size=shape, dtype=np.uint8)
-
-
-class _Cifar10(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """Same name, version and features as tfds' cifar10, with a few PNG images."""
-
-    name = "cifar10"
-    VERSION = tfds.core.Version("3.0.2")
-    corrupt_keys: tuple[int, ...] = ()
-
-    def _info(self):
-        return tfds.core.DatasetInfo(
-            builder=self,
-            features=tfds.features.FeaturesDict(
-                {
-                    "id": tfds.features.Text(),
-                    "image": tfds.features.Image(shape=(32, 32, 3)),
-                    "label": tfds.features.ClassLabel(num_classes=10),
-                }
-            ),
-        )
-
-    def _split_generators(self, dl_manager):
-        return {"train": self._generate_examples("train", N_TRAIN), "test": self._generate_examples("test", N_TEST)}
-
-    def _generate_examples(self, split, n):
-        for k in range(n):
-            key = k if split == "train" else 10_000 + k
-            data = b"this is not a PNG" if (split == "train" and k in self.corrupt_keys) else _encode(_pixels(key, (32, 32, 3)), "PNG")
-            yield key, {"id": f"{split}_{k}", "image": io.BytesIO(data), "label": k % 10}
-
-
-class _CorruptCifar10(_Cifar10, skip_registration=True):
-    name = "cifar10"
-    corrupt_keys = (5,)
+N_TRAIN, N_TEST = 37, 13  # the fake cifar10 (lbt.data.synthetic); train example 5 is corrupt in corrupt_dir
 
 
 class _Imagenet2012(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -99,7 +56,8 @@ class _Imagenet2012(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _generate_examples(self, split, n):
         for k in range(n):
             shape = (30 + 3 * k, 44 - 2 * k, 3)
-            yield f"{split}_{k}", {"file_name": f"{split}_{k}.JPEG", "image": io.BytesIO(_encode(_pixels(k, shape), "JPEG")), "label": 7 * k}
+            jpeg = encode_image(synthetic_pixels(k, shape), "JPEG")
+            yield f"{split}_{k}", {"file_name": f"{split}_{k}.JPEG", "image": io.BytesIO(jpeg), "label": 7 * k}
 
 
 class _TensorImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -121,7 +79,7 @@ class _TensorImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _generate_examples(self, n):
         for k in range(n):
-            yield k, {"image": _pixels(k, (32, 32, 3)), "label": k % 10}
+            yield k, {"image": synthetic_pixels(k, (32, 32, 3)), "label": k % 10}
 
 
 def _build(builder_cls, data_dir) -> str:
@@ -131,12 +89,12 @@ def _build(builder_cls, data_dir) -> str:
 
 @pytest.fixture(scope="module")
 def cifar_dir(tmp_path_factory):
-    return _build(_Cifar10, tmp_path_factory.mktemp("cifar"))
+    return write_fake_cifar10(tmp_path_factory.mktemp("cifar"), N_TRAIN, N_TEST)
 
 
 @pytest.fixture(scope="module")
 def corrupt_dir(tmp_path_factory):
-    return _build(_CorruptCifar10, tmp_path_factory.mktemp("cifar_corrupt"))
+    return write_fake_cifar10(tmp_path_factory.mktemp("cifar_corrupt"), N_TRAIN, N_TEST, corrupt_train_keys=(5,))
 
 
 def _config(data_dir, name="cifar10", **dataset):
@@ -386,7 +344,7 @@ def test_decoded_array_records(tmp_path):
     ds = tfds_sources.open_data_source("lbt_test_tensor_images", "train", data_dir)
     src = tfds_sources.TfdsSource(ds, name="lbt_test_tensor_images", split="train", preprocessor=pp.Preprocessor("cifar"), seed=0)
     x, y = src.get(np.arange(9), None, False)
-    want = {hashlib.sha1(pp.cifar_eval(_pixels(k, (32, 32, 3))).tobytes()).hexdigest() for k in range(9)}
+    want = {hashlib.sha1(pp.cifar_eval(synthetic_pixels(k, (32, 32, 3))).tobytes()).hexdigest() for k in range(9)}
     assert {hashlib.sha1(img.tobytes()).hexdigest() for img in x} == want
 
 
@@ -470,6 +428,6 @@ def test_imagenet_preprocessing_shapes_and_values():
         assert 0.08 * 90 * 120 * 0.9 <= h * w <= 90 * 120
         assert 3 / 4 * 0.9 <= w / h <= 4 / 3 * 1.1
     # Same (seed, position) -> the same crop; the generator depends on both.
-    a = pp.imagenet_train(_pixels(0, (40, 60, 3)), pp.example_rng(2, 9), 16)
-    np.testing.assert_array_equal(a, pp.imagenet_train(_pixels(0, (40, 60, 3)), pp.example_rng(2, 9), 16))
-    assert not np.array_equal(a, pp.imagenet_train(_pixels(0, (40, 60, 3)), pp.example_rng(2, 10), 16))
+    a = pp.imagenet_train(synthetic_pixels(0, (40, 60, 3)), pp.example_rng(2, 9), 16)
+    np.testing.assert_array_equal(a, pp.imagenet_train(synthetic_pixels(0, (40, 60, 3)), pp.example_rng(2, 9), 16))
+    assert not np.array_equal(a, pp.imagenet_train(synthetic_pixels(0, (40, 60, 3)), pp.example_rng(2, 10), 16))

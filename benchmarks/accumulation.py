@@ -46,6 +46,10 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_cpu_collective_call_terminate_timeout_seconds=600"
     " --xla_cpu_collective_call_warn_stuck_timeout_seconds=120"
 ).strip()
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from lbt.cli import cpu_xla_flags  # noqa: E402
+
+cpu_xla_flags()  # the same XLA:CPU settings as `lbt train` on simulated devices
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", int(os.environ.get("LBT_NUM_CPU_DEVICES", "8")))
@@ -54,7 +58,6 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lbt.config import base_config  # noqa: E402
 from lbt.parallel.accumulate import TrainPrograms, TrainState, build_programs, cross_entropy  # noqa: E402

@@ -17,31 +17,14 @@ Expected: test accuracy ~93-94% (paper: slightly below; momentum 0.98 costs a li
 Expected updates: 6,407 optimizer steps (4,688 + 938 + 391 + 390), 12.2x fewer than decay_lr.
 """
 
-from lbt.config import base_config
+from lbt.config import sibling_config
 
 
 def get_config():
-    config = base_config()
+    """The cifar10_wrn16_4_decay_lr reference recipe with only the batch schedule changed."""
+    config = sibling_config(__file__, "cifar10_wrn16_4_decay_lr")
     config.name = "cifar10_wrn16_4_increase_momentum"
-    config.dataset.name = "cifar10"
-    config.model.name = "wrn16_4"
-    config.model.ghost_batch_size = 128
-    config.optimizer.name = "momentum"
-    config.optimizer.weight_decay = 5e-4
-    config.train.global_microbatch = 128
-    config.train.eval_every_epochs = 5.0
-
-    s = config.schedule
-    s.epochs = 200.0
-    s.base_lr = 0.1
-    s.momentum = 0.9
-    s.global_batch = 128
-    s.lr.name = "step"
-    s.lr.milestones = (60.0, 120.0, 160.0)
-    s.lr.factor = 5.0
-    s.lr.warmup_epochs = 0.0
-    s.batch.mode = "increase_momentum"
-    s.batch.max_global_batch = 0
-    s.batch.max_global_batch = 5120
-    s.batch.final_momentum = 0.98
+    config.schedule.batch.mode = "increase_momentum"
+    config.schedule.batch.max_global_batch = 5120
+    config.schedule.batch.final_momentum = 0.98
     return config

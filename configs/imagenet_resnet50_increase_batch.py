@@ -26,39 +26,13 @@ Expected updates: the paper's Inception-ResNet-V2 run with this schedule needed 
 goyal8k's 14,076.
 """
 
-from lbt.config import base_config
+from lbt.config import sibling_config
 
 
 def get_config():
-    config = base_config()
+    """The goyal8k reference recipe with only the batch schedule changed."""
+    config = sibling_config(__file__, "imagenet_resnet50_goyal8k")
     config.name = "imagenet_resnet50_increase_batch"
-    config.dataset.name = "imagenet2012"
-    config.dataset.image_size = 224
-    config.model.name = "resnet50"
-    config.model.ghost_batch_size = 32
-    config.model.bn_momentum = 0.9
-    config.model.bn_epsilon = 1e-5
-    config.model.dtype = "bfloat16"
-    config.model.zero_init_last_bn = True
-    config.optimizer.name = "momentum"
-    config.optimizer.weight_decay = 1e-4
-    config.optimizer.decay_bn_and_bias = False
-    config.train.global_microbatch = 8192
-    config.train.label_smoothing = 0.0
-    config.train.eval_every_epochs = 5.0
-    config.checkpoint.every_epochs = 1.0
-    config.checkpoint.every_minutes = 30.0
-
-    s = config.schedule
-    s.epochs = 90.0
-    s.base_lr = 3.2  # 0.1 * 8192 / 256
-    s.momentum = 0.9
-    s.global_batch = 8192
-    s.lr.name = "step"
-    s.lr.milestones = (30.0, 60.0, 80.0)
-    s.lr.factor = 10.0
-    s.lr.warmup_epochs = 5.0
-    s.lr.warmup_start_factor = 256 / 8192
-    s.batch.mode = "hybrid"
-    s.batch.max_global_batch = 65536
+    config.schedule.batch.mode = "hybrid"
+    config.schedule.batch.max_global_batch = 65536
     return config

@@ -100,20 +100,33 @@ def load_config(path: str | None, overrides: Sequence[str] = ()) -> ml_collectio
     if path is None:
         config = base_config()
     else:
-        p = Path(path)
-        if not p.is_file():
+        if not Path(path).is_file():
             raise ConfigError("file", f"no config file at {path!r}; pass an existing configs/<name>.py")
-        spec = importlib.util.spec_from_file_location(f"lbt_config_{p.stem}", p)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        if not hasattr(module, "get_config"):
-            raise ConfigError("file", f"{path} defines no get_config(); add one returning a ConfigDict")
-        config = module.get_config()
+        config = _get_config(Path(path))
     check_known_keys(config)
     for item in overrides:
         apply_override(config, item)
     return config
+
+
+def _get_config(p: Path) -> ml_collections.ConfigDict:
+    """Run ``get_config()`` of the config file ``p``."""
+    spec = importlib.util.spec_from_file_location(f"lbt_config_{p.stem}", p)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError("file", f"{p} defines no get_config(); add one returning a ConfigDict")
+    return module.get_config()
+
+
+def sibling_config(this_file: str, name: str) -> ml_collections.ConfigDict:
+    """``get_config()`` of the config file ``name``.py next to ``this_file``, so that a recipe
+    variant can start from its reference recipe (``sibling_config(__file__, "x_decay_lr")``)."""
+    p = Path(this_file).resolve().parent / f"{name}.py"
+    if not p.is_file():
+        raise ConfigError("file", f"{this_file} builds on {p}, which does not exist; keep the reference recipe next to it")
+    return _get_config(p)
 
 
 def _parse_value(text: str, current: Any, field: str) -> Any:

@@ -40,16 +40,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# 8 simulated devices on a few shared cores: a device thread can reach a collective long after
-# its peers; wait instead of aborting after XLA's default timeout.
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_cpu_collective_call_terminate_timeout_seconds=600"
-    " --xla_cpu_collective_call_warn_stuck_timeout_seconds=120"
-).strip()
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lbt.cli import cpu_xla_flags  # noqa: E402
 
-cpu_xla_flags()  # the same XLA:CPU settings as `lbt train` on simulated devices
+# lbt train's XLA:CPU settings; and 8 simulated devices on a few shared cores: a device thread can
+# reach a collective long after its peers, so wait instead of aborting after XLA's default 40 s.
+cpu_xla_flags(collective_timeout_s=600, warn_stuck_s=120)
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", int(os.environ.get("LBT_NUM_CPU_DEVICES", "8")))

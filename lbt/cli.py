@@ -35,20 +35,30 @@ def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return rest, overrides
 
 
-CPU_XLA_FLAG = "--xla_cpu_multi_thread_eigen=false"
-
-
-def cpu_xla_flags() -> None:
-    """Turn off XLA:CPU's multi-threaded Eigen for simulated devices (before a backend starts).
-
-    With several simulated devices the per-device executions already use every core, and a run
-    of 8 devices on 2 busy cores was once seen to wedge (7 devices waiting in an all-reduce for
-    an 8th that never ran). Single-threaded Eigen avoids the shared intra-op pool; it measured no
-    slower on the digits run. Kept if the user sets the flag in XLA_FLAGS themselves.
-    """
+def _add_xla_flag(name: str, value: object) -> None:
+    """Append ``--name=value`` to XLA_FLAGS unless the user's XLA_FLAGS already names it."""
     flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_cpu_multi_thread_eigen" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} {CPU_XLA_FLAG}".strip()
+    if name not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --{name}={value}".strip()
+
+
+def cpu_xla_flags(collective_timeout_s: int | None = None, warn_stuck_s: int | None = None) -> None:
+    """XLA:CPU settings for simulated devices; call before a JAX backend starts.
+
+    Always: multi-threaded Eigen off. With several simulated devices the per-device executions
+    already use every core, and a run of 8 devices on 2 busy cores was once seen to wedge (7
+    devices waiting in an all-reduce for an 8th that never ran). Single-threaded Eigen avoids the
+    shared intra-op pool; it measured no slower on the digits run.
+    ``collective_timeout_s`` / ``warn_stuck_s``: let collectives wait longer than XLA's default
+    (40 s) before aborting / warning, for long jobs on an oversubscribed machine, where a device
+    thread can be descheduled for a long time (``lbt reproduce``, the benchmarks).
+    A flag the user already set in XLA_FLAGS wins.
+    """
+    _add_xla_flag("xla_cpu_multi_thread_eigen", "false")
+    if collective_timeout_s is not None:
+        _add_xla_flag("xla_cpu_collective_call_terminate_timeout_seconds", collective_timeout_s)
+    if warn_stuck_s is not None:
+        _add_xla_flag("xla_cpu_collective_call_warn_stuck_timeout_seconds", warn_stuck_s)
 
 
 def setup_jax(num_cpu_devices: int | None) -> None:

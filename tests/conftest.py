@@ -5,8 +5,9 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-if "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):  # as lbt.cli.cpu_xla_flags
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+from lbt.cli import cpu_xla_flags  # noqa: E402  (imports no JAX)
+
+cpu_xla_flags()  # as `lbt train` runs simulated devices
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)

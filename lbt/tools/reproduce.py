@@ -47,6 +47,7 @@ import datetime
 import json
 import logging
 import math
+import os
 import platform
 import re
 import shutil
@@ -525,28 +526,12 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _patient_cpu_collectives(seconds: int = 900) -> None:
-    """Let XLA:CPU collectives wait longer before aborting the process.
-
-    Simulated CPU devices are threads; on an oversubscribed machine (2 cores shared with other
-    jobs) one device thread can be descheduled long enough that XLA's default terminate timeout
-    (40 s) aborts a long suite mid-run with "may be stuck ... all reduce". A user's own
-    XLA_FLAGS setting wins. Must run before the JAX backend starts."""
-    import os
-
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_cpu_collective_call_terminate_timeout_seconds" not in flags:
-        os.environ["XLA_FLAGS"] = (flags + f" --xla_cpu_collective_call_terminate_timeout_seconds={seconds}").strip()
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
-    _patient_cpu_collectives()
-    from lbt.cli import setup_jax
+    from lbt.cli import cpu_xla_flags, setup_jax
 
-    import os
-
+    cpu_xla_flags(collective_timeout_s=900)  # a long suite on a busy machine: let collectives wait
     n_cpu = args.num_cpu_devices if args.num_cpu_devices is not None else int(os.environ.get("LBT_NUM_CPU_DEVICES", "1"))
     setup_jax(n_cpu)  # before anything starts a JAX backend
     from lbt.errors import ConfigError

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import time
 
+import portpicker
 import pytest
 
 from lbt.errors import ConfigError
@@ -169,16 +169,10 @@ _WORKER = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(tmp_path, nproc, mode="", victim=1, init_timeout=30, ids=None):
     script = tmp_path / "worker.py"
     script.write_text(_WORKER)
-    port = _free_port()
+    port = portpicker.pick_unused_port()
     procs = []
     for pid in (range(nproc) if ids is None else ids):
         env = dict(os.environ)

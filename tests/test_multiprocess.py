@@ -10,13 +10,13 @@ between gloo and in-process collectives; the base LR is kept low so SGD is not c
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import portpicker
 import pytest
 
 from lbt.train.metrics import read_jsonl
@@ -36,12 +36,6 @@ OVERRIDES = [
 ]
 TOL = dict(rtol=2e-3, atol=2e-4)
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cli(workdir, epochs, extra=()):
@@ -110,7 +104,7 @@ def test_checkpoints_move_between_one_and_two_processes(single, tmp_path):
 
 
 def test_killed_peer_makes_the_other_exit(tmp_path):
-    port = free_port()
+    port = portpicker.pick_unused_port()
     procs = []
     for i in range(2):
         env = dict(os.environ, LBT_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", LBT_NUM_PROCESSES="2",

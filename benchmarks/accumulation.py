@@ -41,14 +41,12 @@ from typing import Any, Callable
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from lbt.cli import cpu_xla_flags  # noqa: E402
+from lbt import runtime  # noqa: E402
 
 # lbt train's XLA:CPU settings; and 8 simulated devices on a few shared cores: a device thread can
 # reach a collective long after its peers, so wait instead of aborting after XLA's default 40 s.
-cpu_xla_flags(collective_timeout_s=600, warn_stuck_s=120)
+runtime.setup(collective_timeout_s=600, warn_stuck_s=120)
 import jax  # noqa: E402
-
-jax.config.update("jax_num_cpu_devices", int(os.environ.get("LBT_NUM_CPU_DEVICES", "8")))
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402

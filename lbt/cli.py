@@ -15,6 +15,7 @@ import os
 import sys
 from typing import Sequence
 
+from lbt import runtime
 from lbt.errors import CheckpointError, ConfigError, TrainingError
 
 EXIT_CONFIG = 2
@@ -33,41 +34,6 @@ def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     for a in argv:
         (overrides if a.startswith("--config.") else rest).append(a)
     return rest, overrides
-
-
-def _add_xla_flag(name: str, value: object) -> None:
-    """Append ``--name=value`` to XLA_FLAGS unless the user's XLA_FLAGS already names it."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    if name not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} --{name}={value}".strip()
-
-
-def cpu_xla_flags(collective_timeout_s: int | None = None, warn_stuck_s: int | None = None) -> None:
-    """XLA:CPU settings for simulated devices; call before a JAX backend starts.
-
-    Always: multi-threaded Eigen off. With several simulated devices the per-device executions
-    already use every core, and a run of 8 devices on 2 busy cores was once seen to wedge (7
-    devices waiting in an all-reduce for an 8th that never ran). Single-threaded Eigen avoids the
-    shared intra-op pool; it measured no slower on the digits run.
-    ``collective_timeout_s`` / ``warn_stuck_s``: let collectives wait longer than XLA's default
-    (40 s) before aborting / warning, for long jobs on an oversubscribed machine, where a device
-    thread can be descheduled for a long time (``lbt reproduce``, the benchmarks).
-    A flag the user already set in XLA_FLAGS wins.
-    """
-    _add_xla_flag("xla_cpu_multi_thread_eigen", "false")
-    if collective_timeout_s is not None:
-        _add_xla_flag("xla_cpu_collective_call_terminate_timeout_seconds", collective_timeout_s)
-    if warn_stuck_s is not None:
-        _add_xla_flag("xla_cpu_collective_call_warn_stuck_timeout_seconds", warn_stuck_s)
-
-
-def setup_jax(num_cpu_devices: int | None) -> None:
-    """Give the CPU backend ``num_cpu_devices`` devices before any backend starts."""
-    cpu_xla_flags()
-    import jax
-
-    n = num_cpu_devices if num_cpu_devices is not None else int(os.environ.get("LBT_NUM_CPU_DEVICES", "8"))
-    jax.config.update("jax_num_cpu_devices", n)
 
 
 def _train_parser() -> argparse.ArgumentParser:
@@ -108,7 +74,7 @@ def cmd_train(argv: Sequence[str]) -> int:
     if args.print_config:
         print(config_lib.to_json(config))
         return 0
-    setup_jax(args.num_cpu_devices)
+    runtime.setup(args.num_cpu_devices)
     from lbt.parallel import distributed
 
     spec = distributed.detect_cluster(

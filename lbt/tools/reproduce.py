@@ -529,11 +529,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
-    from lbt.cli import cpu_xla_flags, setup_jax
+    from lbt import runtime
 
-    cpu_xla_flags(collective_timeout_s=900)  # a long suite on a busy machine: let collectives wait
-    n_cpu = args.num_cpu_devices if args.num_cpu_devices is not None else int(os.environ.get("LBT_NUM_CPU_DEVICES", "1"))
-    setup_jax(n_cpu)  # before anything starts a JAX backend
+    # before anything starts a JAX backend; a long suite on a busy machine: let collectives wait
+    runtime.setup(args.num_cpu_devices, default_cpu_devices=1, collective_timeout_s=900)
     from lbt.errors import ConfigError
 
     if args.seeds < 1:

@@ -1,0 +1,71 @@
+"""Process-level JAX setup, in one place: XLA:CPU flags and the simulated CPU device count.
+
+Everything here must run before a JAX backend starts (the first computation or device query),
+so this module imports no JAX at import time. ``lbt train``, ``lbt reproduce``, the benchmarks
+and the test suite all call :func:`setup` (or :func:`cpu_xla_flags` alone) instead of editing
+``XLA_FLAGS`` themselves.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import MutableMapping
+
+#: The default number of simulated CPU devices of ``lbt train`` (``$LBT_NUM_CPU_DEVICES`` overrides).
+DEFAULT_CPU_DEVICES = 8
+
+
+def add_xla_flag(name: str, value: object, environ: MutableMapping[str, str] = os.environ) -> None:
+    """Append ``--name=value`` to ``XLA_FLAGS`` unless the user's ``XLA_FLAGS`` already names it."""
+    flags = environ.get("XLA_FLAGS", "")
+    if name not in flags:
+        environ["XLA_FLAGS"] = f"{flags} --{name}={value}".strip()
+
+
+def cpu_xla_flags(
+    collective_timeout_s: int | None = None,
+    warn_stuck_s: int | None = None,
+    environ: MutableMapping[str, str] = os.environ,
+) -> None:
+    """XLA:CPU settings for simulated devices; call before a JAX backend starts.
+
+    Always: multi-threaded Eigen off. With several simulated devices the per-device executions
+    already use every core, and a run of 8 devices on 2 busy cores was once seen to wedge (7
+    devices waiting in an all-reduce for an 8th that never ran). Single-threaded Eigen avoids the
+    shared intra-op pool; it measured no slower on the digits run.
+    ``collective_timeout_s`` / ``warn_stuck_s``: let collectives wait longer than XLA's default
+    (40 s) before aborting / warning, for long jobs on an oversubscribed machine, where a device
+    thread can be descheduled for a long time (``lbt reproduce``, the benchmarks).
+    A flag the user already set in ``XLA_FLAGS`` wins.
+    """
+    add_xla_flag("xla_cpu_multi_thread_eigen", "false", environ)
+    if collective_timeout_s is not None:
+        add_xla_flag("xla_cpu_collective_call_terminate_timeout_seconds", collective_timeout_s, environ)
+    if warn_stuck_s is not None:
+        add_xla_flag("xla_cpu_collective_call_warn_stuck_timeout_seconds", warn_stuck_s, environ)
+
+
+def cpu_device_count(requested: int | None, default: int = DEFAULT_CPU_DEVICES) -> int:
+    """``requested``, else ``$LBT_NUM_CPU_DEVICES``, else ``default``."""
+    if requested is not None:
+        return int(requested)
+    return int(os.environ.get("LBT_NUM_CPU_DEVICES", str(default)))
+
+
+def setup(
+    num_cpu_devices: int | None = None,
+    *,
+    default_cpu_devices: int = DEFAULT_CPU_DEVICES,
+    collective_timeout_s: int | None = None,
+    warn_stuck_s: int | None = None,
+) -> int:
+    """Set the XLA:CPU flags and give the CPU backend its simulated devices; return the count.
+
+    The device count applies only when JAX runs on the CPU backend; on GPU/TPU it is ignored.
+    """
+    cpu_xla_flags(collective_timeout_s, warn_stuck_s)
+    import jax
+
+    n = cpu_device_count(num_cpu_devices, default_cpu_devices)
+    jax.config.update("jax_num_cpu_devices", n)
+    return n

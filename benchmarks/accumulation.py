@@ -36,8 +36,9 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -47,18 +48,18 @@ from lbt import runtime  # noqa: E402
 # reach a collective long after its peers, so wait instead of aborting after XLA's default 40 s.
 runtime.setup(collective_timeout_s=600, warn_stuck_s=120)
 import jax  # noqa: E402
-
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-
 from lbt.config import base_config  # noqa: E402
-from lbt.parallel.accumulate import TrainPrograms, TrainState, build_programs, cross_entropy  # noqa: E402
+from lbt.models import build_model  # noqa: E402
+from lbt.parallel.accumulate import TrainPrograms, build_programs  # noqa: E402
 from lbt.parallel.mesh import data_sharded, global_batch_array, make_mesh, replicated  # noqa: E402
 from lbt.train.compiles import CompileCounter  # noqa: E402
-from lbt.train.loop import build_model, init_state  # noqa: E402
+from lbt.train.losses import cross_entropy  # noqa: E402
 from lbt.train.optim import make_optimizer  # noqa: E402
+from lbt.train.state import TrainState, init_state  # noqa: E402
 
 KS = (1, 2, 4, 8)
 LR, MOMENTUM = 0.01, 0.9
@@ -127,13 +128,17 @@ class Case:
         images = rng.normal(size=(kmax * self.M,) + image_shape).astype(np.float32)
         labels = rng.integers(0, 10, size=(kmax * self.M,)).astype(np.int32)
         self.micro = [
-            (global_batch_array(self.mesh, images[i * self.M:(i + 1) * self.M], self.M),
-             global_batch_array(self.mesh, labels[i * self.M:(i + 1) * self.M], self.M))
+            (
+                global_batch_array(self.mesh, images[i * self.M : (i + 1) * self.M], self.M),
+                global_batch_array(self.mesh, labels[i * self.M : (i + 1) * self.M], self.M),
+            )
             for i in range(kmax)
         ]
         self.full = {
-            k: (global_batch_array(self.mesh, images[: k * self.M], k * self.M),
-                global_batch_array(self.mesh, labels[: k * self.M], k * self.M))
+            k: (
+                global_batch_array(self.mesh, images[: k * self.M], k * self.M),
+                global_batch_array(self.mesh, labels[: k * self.M], k * self.M),
+            )
             for k in KS
         }
         self.lr, self.mom = np.float32(LR), np.float32(MOMENTUM)
@@ -175,24 +180,26 @@ def run(names: list[str], reps: int) -> tuple[list[dict[str, Any]], dict[str, di
         order = list(KS)
         for r in range(reps):
             # interleave k and lbt/bare, and rotate the order, so load drift hits every cell alike
-            rot = order[r % len(order):] + order[: r % len(order)]
+            rot = order[r % len(order) :] + order[: r % len(order)]
             for k in rot:
                 times["lbt", k].append(case.time_lbt(k))
                 times["bare", k].append(case.time_bare(k))
             print(f"[accumulation] {name}: rep {r + 1}/{reps}", file=sys.stderr, flush=True)
         rate = {key: key[1] * case.M / statistics.median(v) for key, v in times.items()}
         for k in KS:
-            results.append({
-                "model": name,
-                "k": k,
-                "global_batch": k * case.M,
-                "examples_per_s": round(rate["lbt", k], 1),
-                "ratio_to_k1": round(rate["lbt", k] / rate["lbt", 1], 3),
-                "bare_examples_per_s": round(rate["bare", k], 1),
-                "ratio_to_bare": round(rate["lbt", k] / rate["bare", k], 3),
-                "step_ms_median": round(1000 * statistics.median(times["lbt", k]), 2),
-                "step_ms_min": round(1000 * min(times["lbt", k]), 2),
-            })
+            results.append(
+                {
+                    "model": name,
+                    "k": k,
+                    "global_batch": k * case.M,
+                    "examples_per_s": round(rate["lbt", k], 1),
+                    "ratio_to_k1": round(rate["lbt", k] / rate["lbt", 1], 3),
+                    "bare_examples_per_s": round(rate["bare", k], 1),
+                    "ratio_to_bare": round(rate["lbt", k] / rate["bare", k], 3),
+                    "step_ms_median": round(1000 * statistics.median(times["lbt", k]), 2),
+                    "step_ms_min": round(1000 * min(times["lbt", k]), 2),
+                }
+            )
         # expected: accum and apply compiled once each in the warm-up for all four k, none after
         compiles[name] = {"warmup": warm, "timed": case.counter.train - warm}
         case.counter.close()
@@ -202,13 +209,16 @@ def run(names: list[str], reps: int) -> tuple[list[dict[str, Any]], dict[str, di
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=7, help="timed repetitions per (model, k, lbt/bare)")
-    ap.add_argument("--models", default="digits_cnn,cifar_wrn16_1", help="comma-separated: " + ", ".join(model_configs()))
+    ap.add_argument(
+        "--models", default="digits_cnn,cifar_wrn16_1", help="comma-separated: " + ", ".join(model_configs())
+    )
     args = ap.parse_args()
     results, compiles = run(args.models.split(","), args.reps)
     devices = jax.devices()
     machine = (
         f"{os.cpu_count()}-core CPU, {len(devices)} simulated XLA CPU devices"
-        if devices[0].platform == "cpu" else f"{len(devices)} x {devices[0].device_kind}"
+        if devices[0].platform == "cpu"
+        else f"{len(devices)} x {devices[0].device_kind}"
     )
     out = {
         "benchmark": "accumulation",

@@ -10,7 +10,7 @@ For each config it measures examples/s of
 
 Configs: ``digits`` (8x8x1, in memory), ``npz32`` (a synthetic in-memory 32x32x3 npz, CIFAR-size),
 and ``tfds_cifar10`` (a synthetic 32x32x3 PNG dataset written as array_record with the real cifar10
-name/version/features by :func:`lbt.data.synthetic.write_fake_cifar10`, read through
+name/version/features by :func:`lbt.testing.fake_tfds.write_fake_cifar10`, read through
 ``tfds.data_source`` + grain + decode + augmentation: the real CIFAR-10 path). It prints one JSON
 line; ``ratio`` is pipeline(iterate)/trainer, and the headline ``ratio_min`` is the smallest over
 configs (> 1 means the input pipeline keeps up).
@@ -37,14 +37,12 @@ from lbt import runtime  # noqa: E402
 # reach a collective long after its peers, so wait instead of aborting after XLA's default 40 s.
 runtime.setup(collective_timeout_s=600, warn_stuck_s=120)
 import jax  # noqa: E402
-
 import numpy as np  # noqa: E402
-
 
 from lbt.config import base_config  # noqa: E402
 from lbt.data.pipeline import TrainStream  # noqa: E402
-from lbt.data.sources import load_splits  # noqa: E402
-from lbt.data.synthetic import write_fake_cifar10  # noqa: E402
+from lbt.data.registry import load_splits  # noqa: E402
+from lbt.testing.fake_tfds import write_fake_cifar10  # noqa: E402
 
 
 def _config(name: str, **dataset):
@@ -120,7 +118,10 @@ def main() -> None:
         cases = {
             "digits": (lambda: _config("digits"), (1.0, 4.0)),
             "npz32": (lambda: _config("npz", path=write_npz(tmp / "synthetic32.npz", 2560)), (1.0, 3.0)),
-            "tfds_cifar10": (lambda: _config("cifar10", data_dir=write_fake_cifar10(tmp / "tfds", 2048, 256)), (1.0, 3.0)),
+            "tfds_cifar10": (
+                lambda: _config("cifar10", data_dir=write_fake_cifar10(tmp / "tfds", 2048, 256)),
+                (1.0, 3.0),
+            ),
         }
         scale = 0.5 if args.quick else 1.0
         for name, (make, (e_short, e_long)) in cases.items():

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from lbt import runtime
 from lbt.errors import CheckpointError, ConfigError, TrainingError
@@ -24,7 +24,7 @@ EXIT_PREEMPTED = 143  # SIGTERM honoured: checkpoint saved; rerun the same comma
 
 SUBCOMMANDS = {
     "train": "train a model (default: the embedded digits config)",
-    "plan": "print the phases, steps and noise scale of a config's Plan (lbt.tools.plan)",
+    "plan": "print the phases, steps and noise scale of a config's Plan (lbt.tools.plan_report)",
     "reproduce": "run the decay-LR vs increase-batch reproduction suite (lbt.tools.reproduce)",
 }
 
@@ -40,19 +40,27 @@ def _train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lbt train", allow_abbrev=False, description="Train with a growing batch.")
     p.add_argument("--config", default=None, help="config file configs/<name>.py (default: embedded digits)")
     p.add_argument("--workdir", default="runs/default", help="output directory (metrics, TensorBoard, checkpoints)")
-    p.add_argument("--num_cpu_devices", type=int, default=None, help="simulated CPU devices (default 8 or $LBT_NUM_CPU_DEVICES)")
+    p.add_argument(
+        "--num_cpu_devices", type=int, default=None, help="simulated CPU devices (default 8 or $LBT_NUM_CPU_DEVICES)"
+    )
     p.add_argument("--coordinator_address", default=None, help="multi-process: host:port of process 0")
     p.add_argument("--num_processes", type=int, default=None, help="multi-process: number of processes")
     p.add_argument("--process_id", type=int, default=None, help="multi-process: this process's index")
     p.add_argument(
-        "--heartbeat_timeout_s", type=int, default=int(os.environ.get("LBT_HEARTBEAT_TIMEOUT_S", "60")),
+        "--heartbeat_timeout_s",
+        type=int,
+        default=int(os.environ.get("LBT_HEARTBEAT_TIMEOUT_S", "60")),
         help="multi-process: a peer silent this long is declared dead and every process exits with an error",
     )
     p.add_argument(
-        "--initialization_timeout_s", type=int, default=int(os.environ.get("LBT_INITIALIZATION_TIMEOUT_S", "300")),
+        "--initialization_timeout_s",
+        type=int,
+        default=int(os.environ.get("LBT_INITIALIZATION_TIMEOUT_S", "300")),
         help="multi-process: how long to wait for all processes to connect",
     )
-    p.add_argument("--allow_config_change", action="store_true", help="resume even if the config differs from the checkpoint's")
+    p.add_argument(
+        "--allow_config_change", action="store_true", help="resume even if the config differs from the checkpoint's"
+    )
     p.add_argument("--print_config", action="store_true", help="print the resolved config and exit")
     return p
 
@@ -87,10 +95,12 @@ def cmd_train(argv: Sequence[str]) -> int:
         spec, initialization_timeout_s=args.initialization_timeout_s, heartbeat_timeout_s=args.heartbeat_timeout_s
     )
     logging.getLogger("lbt").info("%s", distributed.describe())
+    from lbt.train.faults import Faults
     from lbt.train.loop import Preempted, train
 
+    faults = Faults.from_env(os.environ)  # test-only fault injection, read once here
     try:
-        summary = train(config, args.workdir, allow_config_change=args.allow_config_change)
+        summary = train(config, args.workdir, allow_config_change=args.allow_config_change, faults=faults)
     except Preempted as e:
         print(f"lbt: {e}; rerun the same command to resume", file=sys.stderr)
         return EXIT_PREEMPTED
@@ -103,7 +113,7 @@ def _dispatch(cmd: str, argv: Sequence[str]) -> int:
     if cmd == "train":
         return cmd_train(argv)
     if cmd == "plan":
-        from lbt.tools.plan import main as plan_main
+        from lbt.tools.plan_report import main as plan_main
 
         return plan_main(list(argv))
     if cmd == "reproduce":

@@ -12,12 +12,16 @@ import ast
 import hashlib
 import importlib.util
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import ml_collections
 
 from lbt.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lbt.schedules.plan import Plan
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "lars", "lamb")
 DTYPES = ("float32", "bfloat16")
@@ -125,7 +129,9 @@ def sibling_config(this_file: str, name: str) -> ml_collections.ConfigDict:
     variant can start from its reference recipe (``sibling_config(__file__, "x_decay_lr")``)."""
     p = Path(this_file).resolve().parent / f"{name}.py"
     if not p.is_file():
-        raise ConfigError("file", f"{this_file} builds on {p}, which does not exist; keep the reference recipe next to it")
+        raise ConfigError(
+            "file", f"{this_file} builds on {p}, which does not exist; keep the reference recipe next to it"
+        )
     return _get_config(p)
 
 
@@ -148,9 +154,7 @@ def _parse_value(text: str, current: Any, field: str) -> Any:
     if isinstance(current, tuple) and isinstance(value, (list, int, float)):
         value = tuple(value) if isinstance(value, list) else (value,)
     if current is not None and not isinstance(value, type(current)):
-        raise ConfigError(
-            field, f"expected {type(current).__name__}, got {text!r}; write e.g. {current!r}"
-        )
+        raise ConfigError(field, f"expected {type(current).__name__}, got {text!r}; write e.g. {current!r}")
     return value
 
 
@@ -172,7 +176,9 @@ def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
     if leaf not in node:
         raise ConfigError(key, _unknown(node, leaf))
     if isinstance(node[leaf], ml_collections.ConfigDict):
-        raise ConfigError(key, "is a section; set one of its fields, e.g. " f"--config.{key}.{next(iter(node[leaf].keys()))}=...")
+        raise ConfigError(
+            key, f"is a section; set one of its fields, e.g. --config.{key}.{next(iter(node[leaf].keys()))}=..."
+        )
     with node.unlocked():
         node[leaf] = _parse_value(value, node[leaf], key)
 
@@ -205,23 +211,33 @@ def _check_keys(node: Any, schema: Any, prefix: str) -> None:
 # Validation (before any compile)
 
 
-def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_train: int) -> None:
-    """Raise :class:`ConfigError` naming the field and the fix for any invalid value."""
+def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_train: int) -> Plan:
+    """Check every field and build the run's :class:`~lbt.schedules.plan.Plan` (once).
+
+    Raises :class:`ConfigError` naming the field and the fix for any invalid value. Needs only
+    the device count and the train-set size N, so it runs before any data is loaded.
+    """
     from lbt.data.registry import DATASETS
     from lbt.models import MODELS
-    from lbt.schedules.plan import validate_schedule
+    from lbt.schedules.plan import make_plan
 
     check_known_keys(config)
     if config.dataset.name not in DATASETS:
-        raise ConfigError("dataset.name", f"unknown dataset {config.dataset.name!r}; choose one of {', '.join(DATASETS)}")
+        raise ConfigError(
+            "dataset.name", f"unknown dataset {config.dataset.name!r}; choose one of {', '.join(DATASETS)}"
+        )
     if config.model.name not in MODELS:
         raise ConfigError("model.name", f"unknown model {config.model.name!r}; choose one of {', '.join(MODELS)}")
     if config.optimizer.name not in OPTIMIZERS:
-        raise ConfigError("optimizer.name", f"unknown optimizer {config.optimizer.name!r}; choose one of {', '.join(OPTIMIZERS)}")
+        raise ConfigError(
+            "optimizer.name", f"unknown optimizer {config.optimizer.name!r}; choose one of {', '.join(OPTIMIZERS)}"
+        )
     if config.model.dtype not in DTYPES:
         raise ConfigError("model.dtype", f"unknown dtype {config.model.dtype!r}; choose float32 or bfloat16")
     if config.train.on_nonfinite not in NONFINITE_POLICIES:
-        raise ConfigError("train.on_nonfinite", f"unknown policy {config.train.on_nonfinite!r}; choose stop or rollback")
+        raise ConfigError(
+            "train.on_nonfinite", f"unknown policy {config.train.on_nonfinite!r}; choose stop or rollback"
+        )
     if config.optimizer.weight_decay < 0:
         raise ConfigError("optimizer.weight_decay", f"must be >= 0, got {config.optimizer.weight_decay}")
     if not 0.0 <= config.train.label_smoothing < 1.0:
@@ -243,46 +259,15 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_train: 
     if g < 0:
         raise ConfigError("model.ghost_batch_size", f"must be >= 0 (0 = the whole global microbatch), got {g}")
     if g:
+        from lbt.parallel.ghost_bn import ghost_layout
+
         ghost_layout(g, m, num_devices)  # raises with the fix
     if config.checkpoint.keep < 1:
         raise ConfigError("checkpoint.keep", f"must be >= 1, got {config.checkpoint.keep}")
     for f in ("every_epochs", "every_examples", "every_minutes"):
         if config.checkpoint[f] < 0:
             raise ConfigError(f"checkpoint.{f}", f"must be >= 0 (0 = off), got {config.checkpoint[f]}")
-    validate_schedule(config, num_train)
-
-
-def ghost_layout(ghost: int, microbatch: int, num_devices: int) -> tuple[int, int]:
-    """Return ``(G, devices_per_group)`` for ghost size ``ghost`` (0 = M) and check it.
-
-    G must divide M. If G <= b (= M / devices) it must divide b (groups are device-local);
-    if G > b it must be a multiple of b, and a group spans G / b devices (cross-replica ghost BN).
-    """
-    g = ghost or microbatch
-    b = microbatch // num_devices
-    if microbatch % g:
-        raise ConfigError(
-            "model.ghost_batch_size",
-            f"{g} does not divide the global microbatch {microbatch}; pick a divisor such as {_divisor_near(microbatch, g)}",
-        )
-    if g <= b:
-        if b % g:
-            raise ConfigError(
-                "model.ghost_batch_size",
-                f"{g} does not divide the per-device microbatch {b}; pick a divisor of {b} or a multiple of {b}",
-            )
-        return g, 1
-    if g % b:
-        raise ConfigError(
-            "model.ghost_batch_size",
-            f"{g} spans devices but is not a multiple of the per-device microbatch {b}; use a multiple of {b}",
-        )
-    return g, g // b
-
-
-def _divisor_near(n: int, target: int) -> int:
-    divisors = [d for d in range(1, n + 1) if n % d == 0]
-    return min(divisors, key=lambda d: abs(d - target))
+    return make_plan(config, num_train)
 
 
 def config_hash(config: ml_collections.ConfigDict) -> str:

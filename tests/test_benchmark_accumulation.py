@@ -11,7 +11,10 @@ import pytest
 def test_accumulation_benchmark_prints_one_json_line(repo):
     out = subprocess.run(
         [sys.executable, str(repo / "benchmarks" / "accumulation.py"), "--reps", "1", "--models", "digits_cnn"],
-        capture_output=True, text=True, timeout=600, cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=repo,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.strip().splitlines()

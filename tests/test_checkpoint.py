@@ -18,6 +18,7 @@ from lbt import cli
 from lbt.config import apply_override, base_config
 from lbt.errors import CheckpointError, TrainingError
 from lbt.train.checkpoint import Checkpointer
+from lbt.train.faults import Faults
 from lbt.train.loop import Trainer
 from lbt.train.metrics import read_jsonl
 
@@ -54,7 +55,10 @@ def lbt_train(workdir: Path, env_extra=None, extra=()):
     env = dict(os.environ, **(env_extra or {}))
     return subprocess.Popen(
         [sys.executable, "-m", "lbt.cli", "train", "--workdir", str(workdir), *OVERRIDES, *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
 
 
@@ -149,7 +153,7 @@ def test_corrupt_latest_falls_back_and_none_good_fails(tmp_path, caplog):
         if f.is_file():
             f.unlink()
     with caplog.at_level(logging.WARNING, logger="lbt"):
-        restored = Checkpointer(tmp_path).restore_latest(Trainer(config, tmp_path)._abstract_state())
+        restored = Checkpointer(tmp_path).restore_latest(Trainer(config, tmp_path).abstract_state())
     state, meta = restored
     assert meta["step"] == steps[-3]
     warned = " ".join(r.getMessage() for r in caplog.records)
@@ -169,7 +173,9 @@ def test_corrupt_latest_falls_back_and_none_good_fails(tmp_path, caplog):
 
 def test_config_mismatch_lists_fields_and_flag_allows_longer_run(tmp_path):
     _finished_run(tmp_path)
-    changed = make_config(["--config.model.width=16", "--config.train.global_microbatch=64", "--config.schedule.global_batch=64"])
+    changed = make_config(
+        ["--config.model.width=16", "--config.train.global_microbatch=64", "--config.schedule.global_batch=64"]
+    )
     with pytest.raises(CheckpointError) as e:
         Trainer(changed, tmp_path).run()
     msg = str(e.value)
@@ -196,22 +202,29 @@ def test_elastic_resume_on_fewer_devices(tmp_path):
     assert abs(s["final_eval_accuracy"] - full["final_eval_accuracy"]) <= 2 / 359
 
 
-def test_nonfinite_stop_keeps_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.setenv("LBT_FAULT_NAN_AT_EXAMPLES", "1500")  # inside step 46 (1,440..1,504)
+def test_nonfinite_stop_keeps_checkpoint(tmp_path):
+    nan = Faults(nan_at=1500)  # inside step 46 (1,440..1,504)
     with pytest.raises(TrainingError, match="non-finite loss or gradient at step 46"):
-        Trainer(make_config(), tmp_path).run()
+        Trainer(make_config(), tmp_path, faults=nan).run()
     assert sorted(int(d.name) for d in (tmp_path / "checkpoints").iterdir() if d.name.isdigit()) == [32]
     bad = [r for r in train_records(tmp_path) if r.get("skipped_nonfinite")]
     assert [r["step"] for r in bad] == [46] and bad[0]["loss"] == "nan"
 
 
-def test_nonfinite_rollback_skips_window(tmp_path, monkeypatch):
-    monkeypatch.setenv("LBT_FAULT_NAN_AT_EXAMPLES", "1500")
-    s = Trainer(make_config(["--config.train.on_nonfinite=rollback"]), tmp_path).run()
+def test_nonfinite_rollback_skips_window(tmp_path):
+    s = Trainer(make_config(["--config.train.on_nonfinite=rollback"]), tmp_path, faults=Faults(nan_at=1500)).run()
     assert s["rollbacks"] == 1 and s["skipped_examples"] == 64
     events = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if r.get("event") == "rollback"]
-    assert events == [{"event": "rollback", "bad_step": 46, "skipped_window": [1440, 1504], "restored_step": 32,
-                       "examples_seen": 1024, "rollbacks": 1}]
+    assert events == [
+        {
+            "event": "rollback",
+            "bad_step": 46,
+            "skipped_window": [1440, 1504],
+            "restored_step": 32,
+            "examples_seen": 1024,
+            "rollbacks": 1,
+        }
+    ]
     recs = [r for r in train_records(tmp_path) if "split" not in r]
     assert all(r["skipped_nonfinite"] is False for r in recs)
     assert [r["step"] for r in recs] == list(range(1, s["optimizer_steps"] + 1))

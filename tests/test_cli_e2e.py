@@ -11,7 +11,15 @@ from lbt.train.metrics import read_jsonl
 
 TRAIN_KEYS = {"step", "examples_seen", "epoch", "global_batch", "lr", "momentum", "loss"}
 EVAL_KEYS = {"split", "examples_seen", "accuracy", "loss"}
-SUMMARY_KEYS = {"final_eval_accuracy", "optimizer_steps", "examples_seen", "train_compilations", "wall_s", "devices", "config_name"}
+SUMMARY_KEYS = {
+    "final_eval_accuracy",
+    "optimizer_steps",
+    "examples_seen",
+    "train_compilations",
+    "wall_s",
+    "devices",
+    "config_name",
+}
 
 
 @pytest.mark.slow
@@ -21,7 +29,10 @@ def test_lbt_train_default_reaches_accuracy_bar(tmp_path):
     env.pop("JAX_NUM_CPU_DEVICES", None)
     p = subprocess.run(
         [sys.executable, "-m", "lbt.cli", "train", "--workdir", str(tmp_path)],
-        capture_output=True, text=True, timeout=300, env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert p.returncode == 0, p.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())

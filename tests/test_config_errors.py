@@ -27,8 +27,15 @@ CASES = [
     (["--config.model.widht=3"], "config.model.widht: unknown key 'widht'; valid keys here:", "width"),
     (["--config.schedule.base_lr=0"], "config.schedule.base_lr:", "> 0"),
     (["--config.schedule.base_lr=-0.5"], "config.schedule.base_lr:", "> 0"),
-    (["--config.train.global_microbatch=60", "--config.schedule.global_batch=60", "--config.model.ghost_batch_size=0"],
-     "config.train.global_microbatch: 60 is not divisible by the 8 devices", "such as 56 or 64"),
+    (
+        [
+            "--config.train.global_microbatch=60",
+            "--config.schedule.global_batch=60",
+            "--config.model.ghost_batch_size=0",
+        ],
+        "config.train.global_microbatch: 60 is not divisible by the 8 devices",
+        "such as 56 or 64",
+    ),
     (["--config.dataset.name=mnist_typo"], "config.dataset.name: unknown dataset 'mnist_typo'", "digits"),
     (["--config.model.name=resnet5"], "config.model.name: unknown model 'resnet5'", "resnet50"),
     (["--config.optimizer.name=adamw"], "config.optimizer.name: unknown optimizer 'adamw'", "lamb"),
@@ -49,14 +56,16 @@ def test_cli_config_errors(overrides, prefix, fix, capsys, tmp_path):
 
 def test_unknown_key_in_config_file(tmp_path, capsys):
     f = tmp_path / "bad.py"
-    f.write_text(textwrap.dedent('''
+    f.write_text(
+        textwrap.dedent("""
         from lbt.config import base_config
         def get_config():
             c = base_config()
             with c.train.unlocked():
                 c.train.warmup = 5
             return c
-    '''))
+    """)
+    )
     rc, errors, _ = run_cli(["train", "--config", str(f), "--workdir", str(tmp_path / "w")], capsys)
     assert rc == cli.EXIT_CONFIG
     assert errors == [errors[0]] and errors[0].startswith("lbt: error: config.train.warmup: unknown key 'warmup'")
@@ -86,7 +95,9 @@ def test_subprocess_exit_code_and_single_line(tmp_path):
     """The real console entry point: non-zero exit and exactly one error line on stderr."""
     p = subprocess.run(
         [sys.executable, "-m", "lbt.cli", "train", "--workdir", str(tmp_path), "--config.schedule.base_lr=-1"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert p.returncode == cli.EXIT_CONFIG
     lines = [line for line in p.stderr.splitlines() if line.strip()]

@@ -11,7 +11,7 @@ import pytest
 
 from lbt.data.order import epoch_permutation, example_indices, process_slice
 from lbt.data.pipeline import TrainStream, eval_batches
-from lbt.data.registry import DATASETS, get_dataset_size
+from lbt.data.registry import DATASETS, get_dataset_size, train_size
 from lbt.data.sources import load_digits_splits
 from lbt.errors import ConfigError
 
@@ -60,7 +60,9 @@ def test_resume_across_epoch_boundary_matches_uninterrupted(digits):
 def test_process_slices_concatenate_to_global_microbatch(digits, process_count):
     M = 64
     one = TrainStream(digits.train, seed=1, microbatch=M)
-    parts = [TrainStream(digits.train, 1, M, process_index=i, process_count=process_count) for i in range(process_count)]
+    parts = [
+        TrainStream(digits.train, 1, M, process_index=i, process_count=process_count) for i in range(process_count)
+    ]
     for pos in (0, 1408, 1472, 5 * 1438 - 3):  # incl. microbatches across epoch boundaries
         x, y = one.local_microbatch(pos)
         slices = [s.local_microbatch(pos) for s in parts]
@@ -90,3 +92,14 @@ def test_unknown_dataset_is_a_config_error():
         get_dataset_size("mnist_typo")
     assert get_dataset_size("cifar10") == 50_000 and DATASETS["cifar10"].image_shape == (32, 32, 3)
     assert get_dataset_size("imagenet2012") == 1_281_167 and DATASETS["imagenet2012"].num_classes == 1000
+
+
+def test_train_size_of_in_memory_datasets_is_the_registry_n():
+    from lbt.config import base_config
+
+    c = base_config()
+    assert c.dataset.name == "digits" and train_size(c) == 1438
+    c.dataset.test_fraction = 0.5
+    assert train_size(c) == 899
+    c.dataset.name = "cifar10"
+    assert get_dataset_size("cifar10", c) == 50_000  # the table's N; train_size reads the prepared split

@@ -1,15 +1,16 @@
 """The tfds + grain input path, offline: tiny array_record datasets written in the test.
 
-The cifar10 fixtures come from :func:`lbt.data.synthetic.write_fake_cifar10` (shared with
+The cifar10 fixtures come from :func:`lbt.testing.fake_tfds.write_fake_cifar10` (shared with
 ``benchmarks/input_pipeline.py``), the imagenet2012 one from a builder here; both builders have
 the *same name, version and features* as the real tfds builders (Image features holding PNG /
-JPEG bytes), so ``lbt.data.tfds_sources.load_splits`` opens them through the real
+JPEG bytes), so ``lbt.data.registry.load_splits`` opens them through the real
 ``tfds.data_source`` path.
 No TensorFlow is needed: the images are passed to tfds as already-encoded bytes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import sys
@@ -25,11 +26,12 @@ from lbt.data import preprocess as pp  # noqa: E402
 from lbt.data import tfds_sources  # noqa: E402
 from lbt.data.order import example_indices  # noqa: E402
 from lbt.data.pipeline import TrainStream, eval_batches  # noqa: E402
-from lbt.data.sources import load_splits  # noqa: E402
-from lbt.data.synthetic import encode_image, synthetic_pixels, write_fake_cifar10  # noqa: E402
+from lbt.data.registry import DATASETS, load_splits  # noqa: E402
+from lbt.data.types import Source  # noqa: E402
 from lbt.errors import ConfigError  # noqa: E402
+from lbt.testing.fake_tfds import encode_image, synthetic_pixels, write_fake_cifar10  # noqa: E402
 
-N_TRAIN, N_TEST = 37, 13  # the fake cifar10 (lbt.data.synthetic); train example 5 is corrupt in corrupt_dir
+N_TRAIN, N_TEST = 37, 13  # the fake cifar10 (lbt.testing.fake_tfds); train example 5 is corrupt in corrupt_dir
 
 
 class _Imagenet2012(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -70,7 +72,10 @@ class _TensorImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return tfds.core.DatasetInfo(
             builder=self,
             features=tfds.features.FeaturesDict(
-                {"image": tfds.features.Tensor(shape=(32, 32, 3), dtype=np.uint8), "label": tfds.features.ClassLabel(num_classes=10)}
+                {
+                    "image": tfds.features.Tensor(shape=(32, 32, 3), dtype=np.uint8),
+                    "label": tfds.features.ClassLabel(num_classes=10),
+                }
             ),
         )
 
@@ -155,6 +160,21 @@ def test_resume_and_process_slices_match_uninterrupted(cifar):
     idx = example_indices(3, N_TRAIN, 32, M)
     _, want = cifar.train.get(idx, np.arange(32, 40), False)
     np.testing.assert_array_equal(uninterrupted[4][1][1], want)
+
+
+def test_registry_entry_drives_the_tfds_loader(cifar_dir, cifar):
+    info = DATASETS["cifar10"]
+    assert (info.source, info.train_split, info.eval_split, info.preprocess) == ("tfds", "train", "test", "cifar")
+    assert DATASETS["imagenet2012"].eval_split == "validation" and DATASETS["imagenet2012"].preprocess == "imagenet"
+    # The loader takes the splits from the entry it is given, not from a table of its own.
+    swapped = tfds_sources.load_tfds_splits(_config(cifar_dir), dataclasses.replace(info, eval_split="train"))
+    assert (swapped.name, len(swapped.train), len(swapped.test)) == ("cifar10", N_TRAIN, N_TRAIN)
+    # Both splits implement the Source protocol, masks included.
+    for src in (cifar.train, cifar.test):
+        assert isinstance(src, Source) and src.corrupt_count == 0
+    x, y, ok = cifar.test.get_with_mask(np.arange(3), None, False)
+    assert x.shape == (3, 32, 32, 3) and ok.tolist() == [True] * 3
+    np.testing.assert_array_equal(y, cifar.test.get(np.arange(3), None, False)[1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,10 +318,13 @@ def _train_config(data_dir, **dataset):
 @pytest.mark.slow
 def test_trainer_runs_mock_cifar10_and_reports_skipped(corrupt_dir, tmp_path):
     """The Trainer on the real tfds path: 2 epochs of a mock cifar10 with one corrupt example."""
+    from lbt.data.registry import train_size
     from lbt.train.loop import Trainer
     from lbt.train.metrics import read_jsonl
 
-    summary = Trainer(_train_config(corrupt_dir, on_corrupt="skip"), tmp_path).run()
+    config = _train_config(corrupt_dir, on_corrupt="skip")
+    assert train_size(config) == N_TRAIN  # the prepared split's size, read from its metadata
+    summary = Trainer(config, tmp_path).run()
     assert summary["examples_seen"] >= 2 * N_TRAIN and summary["devices"] == 8
     assert summary["corrupt_examples_skipped"] == {"train": 1, "test": 0}
     records = read_jsonl(tmp_path / "metrics.jsonl")
@@ -342,7 +365,9 @@ def test_missing_data_dir_raises_config_error_with_hint(tmp_path):
 def test_decoded_array_records(tmp_path):
     data_dir = _build(_TensorImages, tmp_path)
     ds = tfds_sources.open_data_source("lbt_test_tensor_images", "train", data_dir)
-    src = tfds_sources.TfdsSource(ds, name="lbt_test_tensor_images", split="train", preprocessor=pp.Preprocessor("cifar"), seed=0)
+    src = tfds_sources.TfdsSource(
+        ds, name="lbt_test_tensor_images", split="train", preprocessor=pp.Preprocessor("cifar"), seed=0
+    )
     x, y = src.get(np.arange(9), None, False)
     want = {hashlib.sha1(pp.cifar_eval(synthetic_pixels(k, (32, 32, 3))).tobytes()).hexdigest() for k in range(9)}
     assert {hashlib.sha1(img.tobytes()).hexdigest() for img in x} == want
@@ -393,7 +418,7 @@ def test_cifar_preprocessing_exact():
     img = (np.arange(32 * 32 * 3).reshape(32, 32, 3) % 251).astype(np.uint8)
     ev = pp.cifar_eval(img)
     assert ev.shape == (32, 32, 3) and ev.dtype == np.float32
-    for (r, col, c) in [(0, 0, 0), (5, 17, 1), (31, 31, 2)]:
+    for r, col, c in [(0, 0, 0), (5, 17, 1), (31, 31, 2)]:
         assert ev[r, col, c] == pytest.approx(_norm(int(img[r, col, c]), c, pp.CIFAR_MEAN, pp.CIFAR_STD), abs=1e-6)
     assert ev[0, 0, 0] == pytest.approx((0 / 255 - 0.4914) / 0.2470, abs=1e-6)
 

@@ -38,8 +38,12 @@ def test_env_only():
 
 
 def test_env_beats_slurm():
-    env = {"LBT_COORDINATOR_ADDRESS": "h:1", "LBT_NUM_PROCESSES": "2", "LBT_PROCESS_ID": "0",
-           **_slurm_env(ntasks=8, procid=5)}
+    env = {
+        "LBT_COORDINATOR_ADDRESS": "h:1",
+        "LBT_NUM_PROCESSES": "2",
+        "LBT_PROCESS_ID": "0",
+        **_slurm_env(ntasks=8, procid=5),
+    }
     assert detect_cluster(env).source == "env"
 
 
@@ -59,8 +63,7 @@ def test_one_process_is_single():
         (dict(coordinator_address="h:1", num_processes=0, process_id=0), {}, "num_processes"),
         (dict(coordinator_address="nohostport", num_processes=2, process_id=0), {}, "coordinator_address"),
         (dict(coordinator_address="h:99999", num_processes=2, process_id=0), {}, "coordinator_address"),
-        ({}, {"LBT_NUM_PROCESSES": "two", "LBT_PROCESS_ID": "0", "LBT_COORDINATOR_ADDRESS": "h:1"},
-         "num_processes"),
+        ({}, {"LBT_NUM_PROCESSES": "two", "LBT_PROCESS_ID": "0", "LBT_COORDINATOR_ADDRESS": "h:1"}, "num_processes"),
         ({}, {"LBT_NUM_PROCESSES": "2"}, "process_id"),
         ({}, {"LBT_CLUSTER": "mpi"}, "cluster"),
     ],
@@ -74,8 +77,13 @@ def test_partial_or_inconsistent_settings_raise(kwargs, env, field):
 
 
 def _slurm_env(ntasks, procid, nnodes=None, localid=0):
-    env = {"SLURM_JOB_ID": "1234", "SLURM_NTASKS": str(ntasks), "SLURM_PROCID": str(procid),
-           "SLURM_LOCALID": str(localid), "SLURM_STEP_NODELIST": "node[001-004]"}
+    env = {
+        "SLURM_JOB_ID": "1234",
+        "SLURM_NTASKS": str(ntasks),
+        "SLURM_PROCID": str(procid),
+        "SLURM_LOCALID": str(localid),
+        "SLURM_STEP_NODELIST": "node[001-004]",
+    }
     if nnodes is not None:
         env["SLURM_STEP_NUM_NODES"] = str(nnodes)
     return env
@@ -122,8 +130,11 @@ def test_forced_tpu_and_k8s_leave_it_to_jax():
 
 
 def test_k8s_completion_index_is_process_id():
-    env = {"LBT_COORDINATOR_ADDRESS": "run-workers-0-0.run:1234", "LBT_NUM_PROCESSES": "4",
-           "JOB_COMPLETION_INDEX": "2"}
+    env = {
+        "LBT_COORDINATOR_ADDRESS": "run-workers-0-0.run:1234",
+        "LBT_NUM_PROCESSES": "4",
+        "JOB_COMPLETION_INDEX": "2",
+    }
     assert detect_cluster(env) == ClusterSpec("run-workers-0-0.run:1234", 4, 2, "k8s")
 
 
@@ -174,16 +185,31 @@ def _start(tmp_path, nproc, mode="", victim=1, init_timeout=30, ids=None):
     script.write_text(_WORKER)
     port = portpicker.pick_unused_port()
     procs = []
-    for pid in (range(nproc) if ids is None else ids):
+    for pid in range(nproc) if ids is None else ids:
         env = dict(os.environ)
-        env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), LBT_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                   LBT_NUM_PROCESSES=str(nproc), LBT_PROCESS_ID=str(pid), MODE=mode, VICTIM=str(victim),
-                   HEARTBEAT=str(HEARTBEAT_S), INIT_TIMEOUT=str(init_timeout), PYTHONUNBUFFERED="1")
+        env.update(
+            JAX_PLATFORMS="cpu",
+            PYTHONPATH=str(REPO),
+            LBT_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+            LBT_NUM_PROCESSES=str(nproc),
+            LBT_PROCESS_ID=str(pid),
+            MODE=mode,
+            VICTIM=str(victim),
+            HEARTBEAT=str(HEARTBEAT_S),
+            INIT_TIMEOUT=str(init_timeout),
+            PYTHONUNBUFFERED="1",
+        )
         for k in ("SLURM_NTASKS", "SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "LBT_CLUSTER"):
             env.pop(k, None)
         out = open(tmp_path / f"p{pid}.log", "w+")
-        procs.append((subprocess.Popen([sys.executable, str(script)], env=env, stdout=out,
-                                       stderr=subprocess.STDOUT, cwd=REPO), out))
+        procs.append(
+            (
+                subprocess.Popen(
+                    [sys.executable, str(script)], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO
+                ),
+                out,
+            )
+        )
     return procs
 
 

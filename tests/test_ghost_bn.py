@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from lbt.config import ghost_layout
 from lbt.errors import ConfigError
-from lbt.parallel.ghost_bn import GhostBatchNorm
+from lbt.parallel.ghost_bn import GhostBatchNorm, ghost_layout
 from lbt.parallel.mesh import DATA, make_mesh
 
 M = 32  # global microbatch -> b = 4 per device on 8 devices
@@ -34,7 +33,9 @@ def test_ghost_bn_matches_numpy(G):
     assert per_group == max(1, G // (M // n_dev))
     rng = np.random.default_rng(0)
     # give each example its own offset/scale so wrong grouping changes the result
-    x = (rng.normal(size=(M, 3, 3, 5)) * rng.uniform(0.5, 3, size=(M, 1, 1, 1)) + rng.normal(size=(M, 1, 1, 1)) * 4).astype(np.float32)
+    x = (
+        rng.normal(size=(M, 3, 3, 5)) * rng.uniform(0.5, 3, size=(M, 1, 1, 1)) + rng.normal(size=(M, 1, 1, 1)) * 4
+    ).astype(np.float32)
     layer = GhostBatchNorm(ghost_size=ghost, axis_name=DATA, num_devices=n_dev, momentum=0.9, epsilon=1e-5)
     variables = layer.init(jax.random.PRNGKey(0), jnp.zeros((1, 3, 3, 5)), use_running_average=True)
     scale = rng.uniform(0.5, 2, size=5).astype(np.float32)
@@ -43,7 +44,10 @@ def test_ghost_bn_matches_numpy(G):
 
     def body(params, x):
         y, upd = layer.apply(
-            {"params": params, "batch_stats": variables["batch_stats"]}, x, use_running_average=False, mutable=["batch_stats"]
+            {"params": params, "batch_stats": variables["batch_stats"]},
+            x,
+            use_running_average=False,
+            mutable=["batch_stats"],
         )
         stats = jax.tree.map(lambda a: a[None], upd["batch_stats"])
         return y, stats

@@ -33,9 +33,17 @@ def test_slurm_header_requests_one_task_per_node_and_uses_srun():
     assert re.search(r"^srun .*\\\n\s+lbt train --config", text, re.M)
 
 
-PLACEHOLDERS = dict(JOBSET_NAME="lbt-test", IMAGE="example.com/lbt:1", NUM_PROCESSES="4",
-                    GPUS_PER_PROCESS="8", COORDINATOR_PORT="8476", MAX_RESTARTS="2",
-                    CONFIG="configs/x.py", BUCKET="my-bucket", WORKDIR="/gcs/run")
+PLACEHOLDERS = dict(
+    JOBSET_NAME="lbt-test",
+    IMAGE="example.com/lbt:1",
+    NUM_PROCESSES="4",
+    GPUS_PER_PROCESS="8",
+    COORDINATOR_PORT="8476",
+    MAX_RESTARTS="2",
+    CONFIG="configs/x.py",
+    BUCKET="my-bucket",
+    WORKDIR="/gcs/run",
+)
 
 
 def _render_with_template():
@@ -62,7 +70,10 @@ def _check_jobset(rendered: str):
     # the workdir's bucket is mounted at /gcs by the Cloud Storage FUSE CSI driver
     assert {"name": "gcs", "mountPath": "/gcs"} in c["volumeMounts"]
     [gcs] = [v for v in pod["volumes"] if v["name"] == "gcs"]
-    assert gcs["csi"]["driver"] == "gcsfuse.csi.storage.gke.io" and gcs["csi"]["volumeAttributes"]["bucketName"] == "my-bucket"
+    assert (
+        gcs["csi"]["driver"] == "gcsfuse.csi.storage.gke.io"
+        and gcs["csi"]["volumeAttributes"]["bucketName"] == "my-bucket"
+    )
     assert job["template"]["metadata"]["annotations"]["gke-gcsfuse/volumes"] == "true"
     env = {e["name"]: e for e in c["env"]}
     assert env["LBT_NUM_PROCESSES"]["value"] == "4"
@@ -82,8 +93,14 @@ def test_jobset_renders_with_envsubst_as_documented():
     text = (LAUNCH / "k8s_jobset.yaml").read_text()
     shell_format = re.search(r"envsubst '([^']+)'", text).group(1)
     assert set(re.findall(r"\$\{(\w+)\}", shell_format)) == set(PLACEHOLDERS)
-    out = subprocess.run(["envsubst", shell_format], input=text, capture_output=True, text=True,
-                         env={**os.environ, **PLACEHOLDERS}, check=True).stdout
+    out = subprocess.run(
+        ["envsubst", shell_format],
+        input=text,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **PLACEHOLDERS},
+        check=True,
+    ).stdout
     _check_jobset(out)
     assert out == _render_with_template()
 
@@ -99,11 +116,18 @@ def _local_env():
 
 
 def test_local_sh_sets_env_and_prefixes_output():
-    code = ("import os; print('ENV', *[os.environ[k] for k in ('LBT_PROCESS_ID', 'LBT_NUM_PROCESSES', "
-            "'LBT_NUM_CPU_DEVICES', 'JAX_NUM_CPU_DEVICES', 'JAX_PLATFORMS')], "
-            "os.environ['LBT_COORDINATOR_ADDRESS'].rsplit(':', 1)[0])")
-    r = subprocess.run([str(LAUNCH / "local.sh"), "2", "3", "--", sys.executable, "-c", code],
-                       capture_output=True, text=True, env=_local_env(), timeout=60)
+    code = (
+        "import os; print('ENV', *[os.environ[k] for k in ('LBT_PROCESS_ID', 'LBT_NUM_PROCESSES', "
+        "'LBT_NUM_CPU_DEVICES', 'JAX_NUM_CPU_DEVICES', 'JAX_PLATFORMS')], "
+        "os.environ['LBT_COORDINATOR_ADDRESS'].rsplit(':', 1)[0])"
+    )
+    r = subprocess.run(
+        [str(LAUNCH / "local.sh"), "2", "3", "--", sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=_local_env(),
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     lines = sorted(line for line in r.stdout.splitlines() if "ENV" in line)
     assert lines == ["[p0] ENV 0 2 3 3 cpu 127.0.0.1", "[p1] ENV 1 2 3 3 cpu 127.0.0.1"]
@@ -112,8 +136,13 @@ def test_local_sh_sets_env_and_prefixes_output():
 def test_local_sh_failure_stops_the_others():
     cmd = 'if [ "$LBT_PROCESS_ID" = 1 ]; then echo boom >&2; exit 7; fi; sleep 60; echo SURVIVED'
     env = {**_local_env(), "LBT_LOCAL_GRACE": "2"}
-    r = subprocess.run([str(LAUNCH / "local.sh"), "3", "1", "--", "bash", "-c", cmd],
-                       capture_output=True, text=True, env=env, timeout=30)
+    r = subprocess.run(
+        [str(LAUNCH / "local.sh"), "3", "1", "--", "bash", "-c", cmd],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
     assert r.returncode == 7
     assert "[p1] boom" in r.stderr
     assert "process 1 exited with status 7" in r.stderr
@@ -122,14 +151,20 @@ def test_local_sh_failure_stops_the_others():
 
 def test_local_sh_timeout():
     env = {**_local_env(), "LBT_LOCAL_TIMEOUT": "1"}
-    r = subprocess.run([str(LAUNCH / "local.sh"), "2", "1", "--", "sleep", "30"],
-                       capture_output=True, text=True, env=env, timeout=30)
+    r = subprocess.run(
+        [str(LAUNCH / "local.sh"), "2", "1", "--", "sleep", "30"], capture_output=True, text=True, env=env, timeout=30
+    )
     assert r.returncode == 124
 
 
 def test_local_sh_bad_usage():
-    r = subprocess.run([str(LAUNCH / "local.sh"), "2", "x", "--", "true"],
-                       capture_output=True, text=True, env=_local_env(), timeout=30)
+    r = subprocess.run(
+        [str(LAUNCH / "local.sh"), "2", "x", "--", "true"],
+        capture_output=True,
+        text=True,
+        env=_local_env(),
+        timeout=30,
+    )
     assert r.returncode == 2 and "DEVICES_PER_PROC" in r.stderr
 
 
@@ -141,9 +176,15 @@ def test_local_sh_real_jax_distributed():
         "print('OK', d.describe())\n"
     )
     env = {**_local_env(), "LBT_LOCAL_TIMEOUT": "120"}
-    r = subprocess.run([str(LAUNCH / "local.sh"), "2", "2", "--", sys.executable, "-c", code],
-                       capture_output=True, text=True, env=env, timeout=180)
+    r = subprocess.run(
+        [str(LAUNCH / "local.sh"), "2", "2", "--", sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     for i in (0, 1):
-        assert f"[p{i}] OK process {i}/2 on cpu: 2 local devices (2x cpu), 4 global devices (4x cpu)" \
-            in r.stdout, r.stdout
+        assert f"[p{i}] OK process {i}/2 on cpu: 2 local devices (2x cpu), 4 global devices (4x cpu)" in r.stdout, (
+            r.stdout
+        )

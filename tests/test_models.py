@@ -13,13 +13,11 @@ import numpy as np
 import pytest
 
 from lbt.config import base_config
-from lbt.models import MODELS, create_model
+from lbt.models import MODELS, build_model, create_model
 from lbt.models import inception_resnet_v2 as irv2
 from lbt.models.resnet import ResNet18, ResNet50
 from lbt.models.wrn import WRN16_4
 from lbt.parallel.ghost_bn import GhostBatchNorm
-from lbt.train.loop import build_model
-
 
 #: Init with the rbg PRNG: its init programs compile ~4x faster on CPU than threefry's.
 KEY = jax.random.key(0, impl="rbg")

@@ -39,8 +39,17 @@ pytestmark = pytest.mark.slow
 
 
 def cli(workdir, epochs, extra=()):
-    return [sys.executable, "-m", "lbt.cli", "train", "--workdir", str(workdir), *OVERRIDES,
-            f"--config.schedule.epochs={epochs}", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "lbt.cli",
+        "train",
+        "--workdir",
+        str(workdir),
+        *OVERRIDES,
+        f"--config.schedule.epochs={epochs}",
+        *extra,
+    ]
 
 
 def run_single(workdir, epochs, extra=()):
@@ -53,8 +62,13 @@ def run_single(workdir, epochs, extra=()):
 def run_local_sh(workdir, epochs, extra=()):
     """Two processes through the real launch/local.sh."""
     env = dict(os.environ, LBT_LOCAL_TIMEOUT="300s")
-    p = subprocess.run(["bash", str(REPO / "launch" / "local.sh"), "2", "4", "--", *cli(workdir, epochs, extra)],
-                       capture_output=True, text=True, timeout=330, env=env)
+    p = subprocess.run(
+        ["bash", str(REPO / "launch" / "local.sh"), "2", "4", "--", *cli(workdir, epochs, extra)],
+        capture_output=True,
+        text=True,
+        timeout=330,
+        env=env,
+    )
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
     assert "[p0]" in p.stdout + p.stderr and "[p1]" in p.stdout + p.stderr
     return json.loads((Path(workdir) / "summary.json").read_text())
@@ -107,11 +121,26 @@ def test_killed_peer_makes_the_other_exit(tmp_path):
     port = portpicker.pick_unused_port()
     procs = []
     for i in range(2):
-        env = dict(os.environ, LBT_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", LBT_NUM_PROCESSES="2",
-                   LBT_PROCESS_ID=str(i), LBT_NUM_CPU_DEVICES="4", LBT_HEARTBEAT_TIMEOUT_S="5",
-                   LBT_FAULT_PAUSE_AT_STEP="10", LBT_FAULT_PAUSE_S="2", JAX_PLATFORMS="cpu")
-        procs.append(subprocess.Popen(cli(tmp_path, 1.5, ["--config.train.log_every_steps=1"]), env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env = dict(
+            os.environ,
+            LBT_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+            LBT_NUM_PROCESSES="2",
+            LBT_PROCESS_ID=str(i),
+            LBT_NUM_CPU_DEVICES="4",
+            LBT_HEARTBEAT_TIMEOUT_S="5",
+            LBT_FAULT_PAUSE_AT_STEP="10",
+            LBT_FAULT_PAUSE_S="2",
+            JAX_PLATFORMS="cpu",
+        )
+        procs.append(
+            subprocess.Popen(
+                cli(tmp_path, 1.5, ["--config.train.log_every_steps=1"]),
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     try:
         end = time.time() + 120
         path = tmp_path / "metrics.jsonl"

@@ -1,4 +1,7 @@
-"""`lbt plan`: JSON output on the CIFAR-10 recipes, the table, plan.png and config errors."""
+"""`lbt plan`: JSON output on the CIFAR-10 recipes, the table, plan.png and config errors.
+
+The recipes' step counts are asserted in tests/test_recipes.py; here the command's numbers must
+equal those of the library's Plan of the same config."""
 
 from __future__ import annotations
 
@@ -10,29 +13,38 @@ from pathlib import Path
 
 import pytest
 
-from lbt.tools.plan import main
+from lbt.config import load_config
+from lbt.schedules.plan import baseline_config, make_plan
+from lbt.tools.plan_report import main
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPECTED = {
-    "decay_lr": (78125, [128, 128, 128, 128]),
-    "increase_batch": (28876, [128, 640, 3200, 16000]),
-    "hybrid": (29142, [128, 640, 3200, 5120]),
-    "increase_lr": (6407, [640, 3200, 5120, 5120]),
-    "increase_momentum": (6407, [640, 3200, 5120, 5120]),
-}
+RECIPES = ("decay_lr", "increase_batch", "hybrid", "increase_lr", "increase_momentum")
+N_CIFAR = 50_000
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+def recipe(name: str) -> Path:
+    return ROOT / "configs" / f"cifar10_wrn16_4_{name}.py"
+
+
+def library_plans(name: str):
+    """(plan, decay_lr baseline) of a CIFAR-10 recipe, built directly with the library."""
+    config = load_config(str(recipe(name)))
+    return make_plan(config, N_CIFAR), make_plan(baseline_config(config), N_CIFAR)
+
+
+@pytest.mark.parametrize("name", RECIPES)
 def test_plan_json_cifar(name, capsys, tmp_path):
-    rc = main(["--config", str(ROOT / "configs" / f"cifar10_wrn16_4_{name}.py"), "--json", "--no-plot", "--out", str(tmp_path)])
+    rc = main(["--config", str(recipe(name)), "--json", "--no-plot", "--out", str(tmp_path)])
     assert rc == 0
     out = capsys.readouterr().out
     data = json.loads(out)  # exactly one JSON object on stdout
-    total, batches = EXPECTED[name]
-    assert data["total_steps"] == total
-    assert data["baseline_steps"] == 78125
-    assert data["ratio"] == pytest.approx(total / 78125)
-    assert [p["global_batch"] for p in data["phases"]] == batches
+    plan, baseline = library_plans(name)
+    total = plan.total_steps()
+    assert data["total_steps"] == total and data["N"] == N_CIFAR
+    assert data["baseline_steps"] == baseline.total_steps()
+    assert data["ratio"] == pytest.approx(total / baseline.total_steps())
+    assert [p["global_batch"] for p in data["phases"]] == [ph.global_batch for ph in plan.phases]
+    assert [p["steps"] for p in data["phases"]] == plan.phase_steps()
     assert sum(p["steps"] for p in data["phases"]) == total
     assert [(p["start_epoch"], p["end_epoch"]) for p in data["phases"]] == [(0, 60), (60, 120), (120, 160), (160, 200)]
     g = [p["noise_scale"] for p in data["phases"]]
@@ -43,19 +55,28 @@ def test_plan_json_cifar(name, capsys, tmp_path):
 
 
 def test_plan_table_and_png(capsys, tmp_path):
-    rc = main(["--config", str(ROOT / "configs" / "cifar10_wrn16_4_hybrid.py"), "--out", str(tmp_path)])
+    rc = main(["--config", str(recipe("hybrid")), "--out", str(tmp_path)])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "total optimizer steps: 29142" in out
-    assert "decay_lr baseline steps: 78125" in out
+    plan, baseline = library_plans("hybrid")
+    assert f"total optimizer steps: {plan.total_steps()}" in out
+    assert f"decay_lr baseline steps: {baseline.total_steps()}" in out
     assert "5120" in out and "0.032" in out
     png = tmp_path / "plan.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
 def test_plan_overrides(capsys):
-    rc = main(["--config", str(ROOT / "configs" / "cifar10_wrn16_4_increase_batch.py"), "--json", "--no-plot",
-               "--config.schedule.epochs=20.0", "--config.schedule.lr.milestones=(6.0, 12.0, 16.0)"])
+    rc = main(
+        [
+            "--config",
+            str(recipe("increase_batch")),
+            "--json",
+            "--no-plot",
+            "--config.schedule.epochs=20.0",
+            "--config.schedule.lr.milestones=(6.0, 12.0, 16.0)",
+        ]
+    )
     assert rc == 0
     data = json.loads(capsys.readouterr().out)
     # 300k/128 -> 2344 (s=300,032); 299,968/640 -> 469 (s=600,192); 199,808/3200 -> 63 (s=801,792);
@@ -65,7 +86,7 @@ def test_plan_overrides(capsys):
 
 
 def test_plan_config_error_exit_code(capsys):
-    rc = main(["--config", str(ROOT / "configs" / "cifar10_wrn16_4_hybrid.py"), "--no-plot", "--config.schedule.global_batch=100"])
+    rc = main(["--config", str(recipe("hybrid")), "--no-plot", "--config.schedule.global_batch=100"])
     assert rc == 2
     err = capsys.readouterr().err
     assert "config.schedule.global_batch:" in err and "128" in err
@@ -73,10 +94,32 @@ def test_plan_config_error_exit_code(capsys):
 
 def test_plan_subprocess_json(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cfg = ROOT / "configs" / "cifar10_wrn16_4_increase_batch.py"
-    code = f"import sys; from lbt.tools.plan import main; sys.exit(main(['--config', {str(cfg)!r}, '--json', '--out', {str(tmp_path)!r}]))"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    cfg = recipe("increase_batch")
+    code = f"import sys; from lbt.tools.plan_report import main; sys.exit(main(['--config', {str(cfg)!r}, '--json', '--out', {str(tmp_path)!r}]))"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    assert data["total_steps"] == 28876
+    assert data["total_steps"] == library_plans("increase_batch")[0].total_steps()
     assert (tmp_path / "plan.png").exists()
+
+
+def test_plotting_keeps_the_callers_backend(tmp_path):
+    """The tools draw on their own Agg canvas: importing them and writing plan.png neither switches
+    matplotlib's global backend nor imports pyplot."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    code = (
+        "import sys, matplotlib; matplotlib.use('svg')\n"
+        "from lbt.tools import curves, plots, reproduce\n"
+        "from lbt.tools.plan_report import main\n"
+        f"rc = main(['--config', {str(recipe('hybrid'))!r}, '--out', {str(tmp_path)!r}])\n"
+        "print(matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules)\n"
+        "sys.exit(rc)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "svg False"
+    assert (tmp_path / "plan.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

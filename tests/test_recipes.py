@@ -1,5 +1,8 @@
-"""Every recipe in configs/ loads, validates, and plans; the ImageNet recipes' update counts are
-the numbers stated in their docstrings and in docs/recipes.md."""
+"""Every recipe in configs/ loads, validates, and plans; the CIFAR-10 and ImageNet recipes' update
+counts are the numbers stated in their docstrings and in the docs.
+
+This file is the one place where the recipes' step counts are written down (``CIFAR10``,
+``IMAGENET``); other tests derive them from :func:`make_plan`."""
 
 from __future__ import annotations
 
@@ -17,13 +20,22 @@ from lbt.schedules.plan import baseline_config, make_plan
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.py"))
 
+# CIFAR-10 WRN-16-4, 200 epochs, milestones 60/120/160, factor 5 (Smith et al. 2018, section 5.1):
+# name -> (optimizer steps of `lbt plan`, the batch of each phase). The decay_lr baseline of each
+# is the decay_lr recipe.
+CIFAR10 = {
+    "cifar10_wrn16_4_decay_lr": (78_125, [128, 128, 128, 128]),
+    "cifar10_wrn16_4_increase_batch": (28_876, [128, 640, 3200, 16000]),
+    "cifar10_wrn16_4_hybrid": (29_142, [128, 640, 3200, 5120]),
+    "cifar10_wrn16_4_increase_lr": (6_407, [640, 3200, 5120, 5120]),
+    "cifar10_wrn16_4_increase_momentum": (6_407, [640, 3200, 5120, 5120]),
+}
+
 # name -> (optimizer steps of `lbt plan`, the batch of each phase, the decay_lr baseline's steps)
 IMAGENET = {
     "imagenet_resnet50_goyal8k": (14_076, [8192] * 5, 14_076),
     "imagenet_resnet50_increase_batch": (5_865, [8192, 8192, 65536, 65536, 65536], 14_076),
-    "imagenet_inception_resnet_v2_2500": (
-        2_445, [8192, 16384, 32768, 32768, 65536, 65536, 65536], 14_076
-    ),
+    "imagenet_inception_resnet_v2_2500": (2_445, [8192, 16384, 32768, 32768, 65536, 65536, 65536], 14_076),
 }
 
 
@@ -33,7 +45,7 @@ def _docstring(path: Path) -> str:
 
 def test_there_are_recipes():
     names = {p.stem for p in CONFIGS}
-    assert set(IMAGENET) <= names
+    assert set(IMAGENET) <= names and set(CIFAR10) <= names
 
 
 def _npz_path(tmp_path: Path) -> str:
@@ -65,6 +77,29 @@ def test_recipe_loads_validates_and_plans(path, tmp_path):
     assert "Hardware" in doc and "Expected" in doc
 
 
+@pytest.mark.parametrize("name", sorted(CIFAR10))
+def test_cifar10_update_counts(name):
+    """Steps and batches of each CIFAR-10 recipe, its g equal to the decay_lr reference's at every
+    examples_seen, and the count its docstring and docs/schedules.md state."""
+    path = ROOT / "configs" / f"{name}.py"
+    config = load_config(str(path))
+    assert config.model.ghost_batch_size == 128 and config.train.global_microbatch == 128
+    N = get_dataset_size(config.dataset.name, config)
+    assert N == 50_000
+    plan = make_plan(config, N)
+    steps, batches = CIFAR10[name]
+    assert plan.total_steps() == steps
+    assert [ph.global_batch for ph in plan.phases] == batches
+    ref = make_plan(baseline_config(config), N)
+    assert ref.total_steps() == CIFAR10["cifar10_wrn16_4_decay_lr"][0]
+    for s in range(0, plan.total_examples, 99_991):
+        assert plan.at(s).noise_scale == pytest.approx(ref.at(s).noise_scale, rel=1e-12)
+    assert f"Expected updates: {steps:,} optimizer steps" in _docstring(path)
+    table = (ROOT / "docs" / "schedules.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("|") and f"`{name}`" in line)
+    assert f"| {steps:,} |" in row
+
+
 @pytest.mark.parametrize("name", sorted(IMAGENET))
 def test_imagenet_update_counts(name):
     path = ROOT / "configs" / f"{name}.py"
@@ -86,7 +121,7 @@ def test_imagenet_update_counts(name):
 
 
 def test_imagenet_plan_cli_json(capsys, tmp_path):
-    from lbt.tools.plan import main
+    from lbt.tools.plan_report import main
 
     for name, (steps, batches, baseline) in IMAGENET.items():
         rc = main(["--config", str(ROOT / "configs" / f"{name}.py"), "--json", "--no-plot", "--out", str(tmp_path)])

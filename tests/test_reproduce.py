@@ -21,13 +21,24 @@ def test_format_mean_std_known_numbers():
 
 def test_table_from_known_results():
     plan = lambda acc, steps: {  # noqa: E731
-        "accuracy": acc, "loss": [0.1] * len(acc), "steps": [steps] * len(acc), "wall_s": [10.0] * len(acc),
-        "batches": [16, 80], "lrs": [0.1, 0.1],
+        "accuracy": acc,
+        "loss": [0.1] * len(acc),
+        "steps": [steps] * len(acc),
+        "wall_s": [10.0] * len(acc),
+        "batches": [16, 80],
+        "lrs": [0.1, 0.1],
         "eval": {"epoch": [1.0], "step": [steps], "accuracy_mean": [float(np.mean(acc))], "accuracy_std": [0.0]},
         "train_loss": {"epoch": [0.5], "loss_mean": [0.2]},
     }
-    results = {"suite": "x", "seeds": 3, "N": 100, "n_test": 50, "epochs": 1.0, "microbatch": 16,
-               "plans": {"decay_lr": plan([0.98, 0.99, 1.0], 400), "increase_batch": plan([0.96, 0.97, 0.98], 100)}}
+    results = {
+        "suite": "x",
+        "seeds": 3,
+        "N": 100,
+        "n_test": 50,
+        "epochs": 1.0,
+        "microbatch": 16,
+        "plans": {"decay_lr": plan([0.98, 0.99, 1.0], 400), "increase_batch": plan([0.96, 0.97, 0.98], 100)},
+    }
     table = reproduce.results_table(results)
     assert "| decay_lr | 16 → 80 | 0.1 → 0.1 | 99.00 ± 1.00 |" in table
     assert "| 400 | 1.000 |" in table and "| 100 | 0.250 |" in table
@@ -66,6 +77,22 @@ def test_scale_epochs_scales_milestones_and_warmup():
     assert base.schedule.epochs == 30.0 and tuple(base.schedule.lr.milestones) == (9.0, 18.0, 24.0)  # not mutated
 
 
+def test_scale_epochs_scales_momentum_milestones():
+    """Stepped momentum is a schedule over epochs too: its milestones scale with the LR's."""
+    from lbt.schedules.plan import make_plan
+
+    base = reproduce.suite_configs("digits")["hybrid"]
+    with base.unlocked():
+        base.schedule.momentum_schedule.milestones = (15.0, 27.0)
+        base.schedule.momentum_schedule.values = (0.95, 0.975)
+    short = reproduce.scale_epochs(base, 10.0)
+    assert tuple(short.schedule.momentum_schedule.milestones) == pytest.approx((5.0, 9.0))
+    assert tuple(short.schedule.momentum_schedule["values"]) == (0.95, 0.975)
+    assert tuple(base.schedule.momentum_schedule.milestones) == (15.0, 27.0)  # not mutated
+    plan = make_plan(short, 1438)  # unscaled milestones (past 10 epochs) would be a ConfigError
+    assert plan.at(round(5.0 * 1438) - 1).momentum == 0.9 and plan.at(round(5.0 * 1438)).momentum == 0.95
+
+
 def test_digits_suite_plans_step_counts():
     """The step counts the config docstring and docs/reproduction.md state (N = 1,438, M = 16)."""
     from lbt.schedules.plan import make_plan
@@ -98,9 +125,9 @@ def test_cifar10_suite_uses_the_recipe_files_unchanged():
             recipe.train.progress = False
         assert to_json(c) == to_json(recipe)
         assert c.schedule.batch.mode == plan and c.schedule.epochs == 200.0
-    assert {p: make_plan(c, 50_000).total_steps() for p, c in cfgs.items()} == {
-        "decay_lr": 78125, "increase_batch": 28876, "hybrid": 29142
-    }
+    # (The recipes' step counts are asserted in tests/test_recipes.py.) Growing B means fewer updates.
+    steps = {p: make_plan(c, 50_000).total_steps() for p, c in cfgs.items()}
+    assert steps["increase_batch"] < steps["decay_lr"] and steps["hybrid"] < steps["decay_lr"]
     # --data is the tfds data_dir, and nothing else changes.
     moved = reproduce.suite_configs("cifar10", data="/data/tfds")
     for plan, c in moved.items():
@@ -121,18 +148,42 @@ def test_mnist_suite_takes_the_data_path(tmp_path):
 def _fake_run(d, plan: str, seed: int, acc: float, steps: int, batches: list[int]) -> None:
     """A finished run's files as the trainer writes them (summary, config, metrics)."""
     d.mkdir(parents=True)
-    (d / "summary.json").write_text(json.dumps({
-        "final_eval_accuracy": acc, "final_eval_loss": 1 - acc, "optimizer_steps": steps, "wall_s": 10.0 + seed,
-        "train_compilations": 2,
-    }))
+    (d / "summary.json").write_text(
+        json.dumps(
+            {
+                "final_eval_accuracy": acc,
+                "final_eval_loss": 1 - acc,
+                "optimizer_steps": steps,
+                "wall_s": 10.0 + seed,
+                "train_compilations": 2,
+            }
+        )
+    )
     (d / "config.json").write_text(json.dumps({"schedule": {"epochs": 2.0}, "train": {"global_microbatch": 10}}))
     recs, seen = [], 0
     for i in range(steps):
         B = batches[min(i * len(batches) // steps, len(batches) - 1)]
         seen += B
-        recs.append({"step": i + 1, "examples_seen": seen, "epoch": seen / 100, "global_batch": B, "lr": 0.1, "loss": 1.0 / (i + 1)})
+        recs.append(
+            {
+                "step": i + 1,
+                "examples_seen": seen,
+                "epoch": seen / 100,
+                "global_batch": B,
+                "lr": 0.1,
+                "loss": 1.0 / (i + 1),
+            }
+        )
         if i + 1 in (steps // 2, steps):
-            recs.append({"split": "test", "step": i + 1, "epoch": seen / 100, "accuracy": acc - (0.1 if i + 1 < steps else 0), "count": 50})
+            recs.append(
+                {
+                    "split": "test",
+                    "step": i + 1,
+                    "epoch": seen / 100,
+                    "accuracy": acc - (0.1 if i + 1 < steps else 0),
+                    "count": 50,
+                }
+            )
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
 
 
@@ -142,7 +193,9 @@ def test_collect_table_and_plot_on_synthetic_runs(tmp_path):
     batches = {"decay_lr": [10], "increase_batch": [10, 50], "hybrid": [10, 20]}
     for plan in reproduce.PLANS:
         for seed in range(2):
-            _fake_run(reproduce.run_dir(tmp_path, "x", plan, seed), plan, seed, accs[plan][seed], steps[plan], batches[plan])
+            _fake_run(
+                reproduce.run_dir(tmp_path, "x", plan, seed), plan, seed, accs[plan][seed], steps[plan], batches[plan]
+            )
     res = reproduce.collect(tmp_path, "x", 2)
     assert res["N"] == 100 and res["n_test"] == 50 and res["epochs"] == 2.0 and res["microbatch"] == 10
     assert res["plans"]["increase_batch"]["batches"] == [10, 50]
@@ -156,6 +209,34 @@ def test_collect_table_and_plot_on_synthetic_runs(tmp_path):
     assert png.is_file() and png.stat().st_size > 10_000
 
 
+def test_collect_skips_event_records(tmp_path):
+    """metrics.jsonl of a resumed, rolled-back or preempted run holds event records (no loss, B or
+    lr); collect reads only the train records, so the results equal those of a clean run."""
+    batches = {"decay_lr": [10], "increase_batch": [10, 50], "hybrid": [10, 20]}
+    steps = {"decay_lr": 20, "increase_batch": 8, "hybrid": 10}
+    for root in ("clean", "events"):
+        for plan in reproduce.PLANS:
+            _fake_run(reproduce.run_dir(tmp_path / root, "x", plan, 0), plan, 0, 0.9, steps[plan], batches[plan])
+    metrics = reproduce.run_dir(tmp_path / "events", "x", "increase_batch", 0) / "metrics.jsonl"
+    lines = metrics.read_text().splitlines(keepends=True)
+    events = [
+        {"event": "resume", "step": 3, "examples_seen": 30, "epoch": 0.3},
+        {
+            "event": "rollback",
+            "bad_step": 5,
+            "skipped_window": [40, 50],
+            "restored_step": 4,
+            "examples_seen": 40,
+            "rollbacks": 1,
+        },
+        {"event": "preempted", "step": 6, "examples_seen": 60},
+    ]
+    metrics.write_text(
+        "".join([json.dumps(events[0]) + "\n"] + lines[:3] + [json.dumps(e) + "\n" for e in events] + lines[3:])
+    )
+    assert reproduce.collect(tmp_path / "events", "x", 1) == reproduce.collect(tmp_path / "clean", "x", 1)
+
+
 def test_digits_suite_tiny_run(tmp_path):
     """1 seed, 1 epoch, 1 device, decay_lr and hybrid (increase_batch is checked at the plan
     level above): the table equals the runs' summary.json, the PNG is real."""
@@ -164,8 +245,14 @@ def test_digits_suite_tiny_run(tmp_path):
     results = reproduce.run_suite(
         "digits", seeds=1, workdir=work, epochs=1.0, eval_every_epochs=0.25, devices=jax.devices()[:1], plans=plans
     )
-    md, png = reproduce.report(results, out, command="lbt reproduce --suite digits --seeds 1 --epochs 1",
-                               machine="test", date="2026-11-23", wall_s=1.0)
+    md, png = reproduce.report(
+        results,
+        out,
+        command="lbt reproduce --suite digits --seeds 1 --epochs 1",
+        machine="test",
+        date="2026-11-23",
+        wall_s=1.0,
+    )
     text = md.read_text()
     assert "<!-- lbt reproduce: digits begin -->" in text
     rows = {}
@@ -180,7 +267,9 @@ def test_digits_suite_tiny_run(tmp_path):
         steps[plan] = summary["optimizer_steps"]
         assert int(cells[5]) == summary["optimizer_steps"]  # exact
         assert float(cells[3]) == pytest.approx(100 * summary["final_eval_accuracy"], abs=0.005)
-        assert float(cells[6]) == pytest.approx(summary["optimizer_steps"] / steps.get("decay_lr", summary["optimizer_steps"]), abs=5e-4)
+        assert float(cells[6]) == pytest.approx(
+            summary["optimizer_steps"] / steps.get("decay_lr", summary["optimizer_steps"]), abs=5e-4
+        )
         assert summary["train_compilations"] == 2  # growing B compiles nothing new
     assert steps["hybrid"] < steps["decay_lr"]
     # The batch grows and is capped at B_max = N/10 floored to M (hybrid).

@@ -106,7 +106,9 @@ def test_noise_scale_equivalences():
     g = noise_lib.noise_scale(0.1, 50_000, 128, 0.9)
     assert g == pytest.approx(390.625)
     # Dividing ε by f equals multiplying B by f.
-    assert noise_lib.noise_scale(0.1 / 5, 50_000, 128, 0.9) == pytest.approx(noise_lib.noise_scale(0.1, 50_000, 640, 0.9))
+    assert noise_lib.noise_scale(0.1 / 5, 50_000, 128, 0.9) == pytest.approx(
+        noise_lib.noise_scale(0.1, 50_000, 640, 0.9)
+    )
     # Raising m from 0.9 to 0.98 with 5x B keeps g (paper 5.2).
     assert noise_lib.noise_scale(0.1, 50_000, 640, 0.98) == pytest.approx(g)
     assert mom_lib.batch_for_momentum(128, 0.9, 0.98) == pytest.approx(640)
@@ -120,11 +122,20 @@ def test_noise_scale_equivalences():
 def test_stepped_momentum_helpers():
     """Smith et al. 2018's ImageNet momentum steps: 0.9 -> 0.95 -> 0.975 doubles B each time."""
     ms, vs = (100, 200), (0.95, 0.975)
-    assert [mom_lib.stepped_momentum(s, 0.9, ms, vs) for s in (0, 99, 100, 199, 200, 10**6)] == [0.9, 0.9, 0.95, 0.95, 0.975, 0.975]
+    assert [mom_lib.stepped_momentum(s, 0.9, ms, vs) for s in (0, 99, 100, 199, 200, 10**6)] == [
+        0.9,
+        0.9,
+        0.95,
+        0.95,
+        0.975,
+        0.975,
+    ]
     assert mom_lib.stepped_batch_scales(0.9, vs) == pytest.approx([2.0, 4.0])
     # The factors telescope to (1 - m0) / (1 - m_j), so g is the same in every phase.
     for m, scale in zip(vs, mom_lib.stepped_batch_scales(0.9, vs)):
-        assert noise_lib.noise_scale(3.0, 1000, 8192 * scale, m) == pytest.approx(noise_lib.noise_scale(3.0, 1000, 8192, 0.9))
+        assert noise_lib.noise_scale(3.0, 1000, 8192 * scale, m) == pytest.approx(
+            noise_lib.noise_scale(3.0, 1000, 8192, 0.9)
+        )
     assert mom_lib.stepped_momentum(5, 0.9, (), ()) == 0.9
     with pytest.raises(ValueError):
         mom_lib.stepped_momentum(0, 0.9, (1,), ())
@@ -149,9 +160,11 @@ def test_b_simple_on_sampled_gradients():
     d, n = 50, 200_000
     mean = rng.normal(size=d) * 0.1
     per_example = mean + rng.normal(size=(n, d))  # Σ = I, tr = d
+
     def sq_norm_of_mean(b, reps=400):
         idx = rng.integers(0, n, size=(reps, b))
         return float(np.mean(np.sum(per_example[idx].mean(axis=1) ** 2, axis=1)))
+
     g2, tr = noise_lib.gradient_stats(sq_norm_of_mean(8), sq_norm_of_mean(256), 8, 256)
     assert tr == pytest.approx(d, rel=0.15)
     assert g2 == pytest.approx(float(mean @ mean), rel=0.5, abs=0.2)

@@ -2,7 +2,7 @@
 
 The example at global position p (= examples seen before it) is ``perm(seed, p // N)[p % N]``.
 Each epoch is a fresh permutation, so resuming at examples_seen = p needs no iterator state,
-and the stream is identical for any process count (DESIGN.md, semantics 5).
+and the stream is identical for any process count (docs/design.md, semantics 5).
 """
 
 from __future__ import annotations

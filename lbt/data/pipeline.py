@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
 from lbt.data.order import example_indices, process_slice
+from lbt.data.types import Source
+
+PUT_POLL_S = 0.1
+"""How often a loader blocked on a full queue checks whether the consumer has gone."""
+JOIN_TIMEOUT_S = 1.0
+"""How long closing the stream waits for the loader thread to end."""
 
 
 class TrainStream:
     """Microbatches of the run, addressed by global position (= examples seen)."""
 
-    def __init__(self, source, seed: int, microbatch: int, process_index: int = 0, process_count: int = 1):
+    def __init__(self, source: Source, seed: int, microbatch: int, process_index: int = 0, process_count: int = 1):
         self.source = source
         self.seed = seed
         self.microbatch = microbatch
@@ -33,7 +39,10 @@ class TrainStream:
         return self.source.get(idx, positions, True)
 
     def iterate(self, start: int, prefetch: int = 8) -> Iterator[tuple[int, tuple[np.ndarray, np.ndarray]]]:
-        """Yield ``(position, local_microbatch)`` from ``start`` on, loading ahead in a thread."""
+        """Yield ``(position, local_microbatch)`` from ``start`` on, loading ahead in a thread.
+
+        The loader thread (named ``lbt-input``) never blocks once the generator is closed: every
+        put, including that of a loader error, gives up when ``stop`` is set."""
         q: queue.Queue = queue.Queue(maxsize=prefetch)
         stop = threading.Event()
 
@@ -41,16 +50,11 @@ class TrainStream:
             pos = start
             try:
                 while not stop.is_set():
-                    item = (pos, self.local_microbatch(pos))
-                    while not stop.is_set():
-                        try:
-                            q.put(item, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
+                    if not _put(q, (pos, self.local_microbatch(pos)), stop):
+                        return
                     pos += self.microbatch
             except BaseException as e:  # surface loader errors in the consumer
-                q.put(e)
+                _put(q, e, stop)
 
         thread = threading.Thread(target=work, daemon=True, name="lbt-input")
         thread.start()
@@ -62,24 +66,31 @@ class TrainStream:
                 yield item
         finally:
             stop.set()
+            thread.join(timeout=JOIN_TIMEOUT_S)  # it ends within one poll unless mid-load
 
 
-def eval_batches(source, microbatch: int, process_index: int = 0, process_count: int = 1):
+def _put(q: queue.Queue, item: object, stop: threading.Event) -> bool:
+    """Put ``item`` into ``q``, polling ``stop``; False if it was set before the item fit."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=PUT_POLL_S)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def eval_batches(source: Source, microbatch: int, process_index: int = 0, process_count: int = 1):
     """Yield ``(images, labels, mask)`` local slices covering the split exactly once.
 
-    The last batch is padded (by repeating example 0) and masked, never dropped. A source with
-    ``get_with_mask`` (tfds, ``dataset.on_corrupt='skip'``) also masks out skipped corrupt examples.
+    The last batch is padded (by repeating example 0) and masked, never dropped. Corrupt examples
+    a source replaced (tfds, ``dataset.on_corrupt='skip'``) are masked out too.
     """
     n = len(source)
     lo, hi = process_slice(microbatch, process_index, process_count)
-    get_with_mask = getattr(source, "get_with_mask", None)
     for start in range(0, n, microbatch):
         pos = np.arange(start + lo, start + hi)
         mask = pos < n
         idx = np.where(mask, pos, 0)
-        if get_with_mask is not None:
-            images, labels, ok = get_with_mask(idx, pos, False)
-            mask = mask & ok
-        else:
-            images, labels = source.get(idx, pos, False)
-        yield images, labels, mask.astype(np.float32)
+        images, labels, ok = source.get_with_mask(idx, pos, False)
+        yield images, labels, (mask & ok).astype(np.float32)

@@ -95,7 +95,9 @@ def cifar_eval(image: np.ndarray) -> np.ndarray:
 # ImageNet
 
 
-def sample_crop(height: int, width: int, rng: np.random.Generator, area_range=CROP_AREA, ratio_range=CROP_RATIO, attempts: int = 10) -> tuple[int, int, int, int]:
+def sample_crop(
+    height: int, width: int, rng: np.random.Generator, area_range=CROP_AREA, ratio_range=CROP_RATIO, attempts: int = 10
+) -> tuple[int, int, int, int]:
     """``(top, left, h, w)`` of an Inception-style random crop (torchvision RandomResizedCrop)."""
     area = height * width
     log_lo, log_hi = math.log(ratio_range[0]), math.log(ratio_range[1])
@@ -119,7 +121,9 @@ def sample_crop(height: int, width: int, rng: np.random.Generator, area_range=CR
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def _resize(image: np.ndarray, size: tuple[int, int], box: tuple[int, int, int, int] | None = None, resample: str = "bilinear") -> np.ndarray:
+def _resize(
+    image: np.ndarray, size: tuple[int, int], box: tuple[int, int, int, int] | None = None, resample: str = "bilinear"
+) -> np.ndarray:
     """PIL resize of ``image`` (optionally of the crop ``box`` = (left, top, right, bottom)) to (w, h)."""
     from PIL import Image
 

@@ -1,24 +1,16 @@
-"""Dataset registry: each entry knows its N (train size), classes and image shape.
+"""Dataset registry: the one table of datasets, and the one dispatcher that loads them.
 
-``get_dataset_size`` answers without loading the data, so ``lbt plan`` works offline.
+Each entry knows its N (train size), test size, classes, image shape and source kind, and for tfds
+datasets the train/eval split names and the preprocessing kind. ``get_dataset_size`` answers
+without loading the data, so ``lbt plan`` works offline. The per-kind loaders
+(:mod:`lbt.data.sources`, :mod:`lbt.data.tfds_sources`) are imported lazily and never import this
+module back.
 """
 
 from __future__ import annotations
 
-import dataclasses
-
-import numpy as np
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-    name: str
-    num_train: int  # N; 0 = read from the data (npz)
-    num_test: int
-    num_classes: int
-    image_shape: tuple[int, int, int]
-    source: str  # "sklearn" | "npz" | "tfds"
-
+from lbt.data.types import DatasetInfo, Splits, split_sizes
+from lbt.errors import ConfigError
 
 DIGITS_TOTAL = 1797
 
@@ -27,31 +19,58 @@ DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo("digits", 1438, 359, 10, (8, 8, 1), "sklearn"),
     # Any .npz of `images` and `labels` (e.g. 10k MNIST): sizes are read from the file.
     "npz": DatasetInfo("npz", 0, 0, 0, (0, 0, 0), "npz"),
-    "cifar10": DatasetInfo("cifar10", 50_000, 10_000, 10, (32, 32, 3), "tfds"),
-    "imagenet2012": DatasetInfo("imagenet2012", 1_281_167, 50_000, 1000, (224, 224, 3), "tfds"),
+    "cifar10": DatasetInfo("cifar10", 50_000, 10_000, 10, (32, 32, 3), "tfds", "train", "test", "cifar"),
+    "imagenet2012": DatasetInfo(
+        "imagenet2012", 1_281_167, 50_000, 1000, (224, 224, 3), "tfds", "train", "validation", "imagenet"
+    ),
 }
 
 
-def split_sizes(total: int, test_fraction: float) -> tuple[int, int]:
-    """(train, test) sizes of a deterministic holdout split."""
-    n_test = int(round(total * test_fraction))
-    return total - n_test, n_test
+def dataset_info(name: str) -> DatasetInfo:
+    """The registry entry of ``name``, or a :class:`ConfigError` listing the known datasets."""
+    if name not in DATASETS:
+        raise ConfigError("dataset.name", f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return DATASETS[name]
 
 
 def get_dataset_size(name: str, config=None) -> int:
-    """N, the number of training examples, without loading the data (npz reads only the header)."""
-    from lbt.errors import ConfigError
-
-    if name not in DATASETS:
-        raise ConfigError("dataset.name", f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    info = DATASETS[name]
-    if name == "digits":
+    """N, the number of training examples, without loading the data (npz reads only ``labels``)."""
+    info = dataset_info(name)
+    if info.source == "sklearn":
         frac = 0.2 if config is None else float(config.dataset.test_fraction)
         return split_sizes(DIGITS_TOTAL, frac)[0]
-    if name == "npz":
-        if config is None or not config.dataset.path:
-            raise ConfigError("dataset.path", "the npz dataset needs --config.dataset.path=FILE.npz")
-        with np.load(config.dataset.path, mmap_mode="r") as f:
-            total = int(f["labels"].shape[0])
-        return split_sizes(total, float(config.dataset.test_fraction))[0]
+    if info.source == "npz":
+        from lbt.data.sources import npz_num_train
+
+        if config is None:
+            return npz_num_train("", 0.2)  # the ConfigError asking for dataset.path
+        return npz_num_train(config.dataset.path, float(config.dataset.test_fraction))
     return info.num_train
+
+
+def train_size(config) -> int:
+    """N of the data ``config.dataset`` will train on, without loading it: for a tfds dataset
+    the prepared split's size from its metadata (it may differ from the table, e.g. a subset),
+    else :func:`get_dataset_size`."""
+    info = dataset_info(config.dataset.name)
+    if info.source == "tfds":
+        from lbt.data.tfds_sources import prepared_split_size
+
+        return prepared_split_size(info.name, info.train_split, config.dataset.data_dir or None)
+    return get_dataset_size(config.dataset.name, config)
+
+
+def load_splits(config) -> Splits:
+    """The train and test sources of ``config.dataset``."""
+    info = dataset_info(config.dataset.name)
+    if info.source == "sklearn":
+        from lbt.data.sources import load_digits_splits
+
+        return load_digits_splits(config.dataset.test_fraction, config.dataset.split_seed)
+    if info.source == "npz":
+        from lbt.data.sources import load_npz_splits
+
+        return load_npz_splits(config.dataset.path, config.dataset.test_fraction, config.dataset.split_seed)
+    from lbt.data.tfds_sources import load_tfds_splits  # optional heavy path
+
+    return load_tfds_splits(config, info)

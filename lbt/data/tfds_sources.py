@@ -23,22 +23,17 @@ from __future__ import annotations
 import io
 import logging
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from lbt.data.preprocess import Preprocessor
-from lbt.data.sources import Splits
+from lbt.data.types import DatasetInfo, Splits
 from lbt.errors import ConfigError, TrainingError
 
 log = logging.getLogger("lbt")
-
-# name -> (train split, eval split, preprocessing kind)
-TFDS_DATASETS: dict[str, tuple[str, str, str]] = {
-    "cifar10": ("train", "test", "cifar"),
-    "imagenet2012": ("train", "validation", "imagenet"),
-}
 
 ON_CORRUPT = ("error", "skip")
 
@@ -79,6 +74,27 @@ def open_data_source(name: str, split: str, data_dir: str | None):
     """``tfds.data_source`` of raw records, or a :class:`ConfigError` saying how to prepare it."""
     import tensorflow_datasets as tfds
 
+    data_dir = _prepared_builder(name, split, data_dir)[1]
+    return tfds.data_source(
+        name,
+        split=split,
+        data_dir=data_dir,
+        download=False,
+        deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES,
+    )
+
+
+def prepared_split_size(name: str, split: str, data_dir: str | None) -> int:
+    """The number of examples of a prepared split, from its metadata (no record is read)."""
+    builder, _ = _prepared_builder(name, split, data_dir)
+    return int(builder.info.splits[split].num_examples)
+
+
+def _prepared_builder(name: str, split: str, data_dir: str | None):
+    """``(builder, data_dir)`` of a prepared array_record dataset with ``split``, or a
+    :class:`ConfigError` saying how to prepare it."""
+    import tensorflow_datasets as tfds
+
     if data_dir and "://" not in data_dir and not Path(data_dir).expanduser().is_dir():
         raise ConfigError("dataset.data_dir", f"no directory {data_dir!r} for {name}; {prepare_hint(name, data_dir)}")
     data_dir = str(Path(data_dir).expanduser()) if data_dir and "://" not in data_dir else data_dir
@@ -86,7 +102,10 @@ def open_data_source(name: str, split: str, data_dir: str | None):
         builder = tfds.builder(name, data_dir=data_dir)
         prepared = builder.is_prepared()
     except Exception as e:  # e.g. an unreadable dataset_info.json
-        raise ConfigError("dataset.data_dir", f"cannot open {name} in {data_dir or 'the tfds default dir'} ({e}); {prepare_hint(name, data_dir)}") from e
+        raise ConfigError(
+            "dataset.data_dir",
+            f"cannot open {name} in {data_dir or 'the tfds default dir'} ({e}); {prepare_hint(name, data_dir)}",
+        ) from e
     if not prepared:
         raise ConfigError(
             "dataset.data_dir",
@@ -101,14 +120,11 @@ def open_data_source(name: str, split: str, data_dir: str | None):
             f"or rebuild: {prepare_hint(name, data_dir)}",
         )
     if split not in builder.info.splits:
-        raise ConfigError("dataset.data_dir", f"{name} in {builder.data_path} has no split {split!r} (has {list(builder.info.splits)}); {prepare_hint(name, data_dir)}")
-    return tfds.data_source(
-        name,
-        split=split,
-        data_dir=data_dir,
-        download=False,
-        deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES,
-    )
+        raise ConfigError(
+            "dataset.data_dir",
+            f"{name} in {builder.data_path} has no split {split!r} (has {list(builder.info.splits)}); {prepare_hint(name, data_dir)}",
+        )
+    return builder, data_dir
 
 
 def decode_image(value: Any) -> np.ndarray:
@@ -135,7 +151,7 @@ def decode_image(value: Any) -> np.ndarray:
 
 
 class TfdsSource:
-    """A tfds split with the ``ArraySource`` interface: ``get(indices, positions, train)``.
+    """A tfds split as a :class:`lbt.data.types.Source`: ``get(indices, positions, train)``.
 
     ``seed`` (the run seed) and the global ``positions`` passed to :meth:`get` determine the
     augmentation of each example. ``corrupt_count`` is the number of distinct corrupt examples met
@@ -171,7 +187,9 @@ class TfdsSource:
         self._features = features
         self._image_key, self._label_key = image_key, label_key
         image_feature = features[image_key]
-        self._decoders = {image_key: tfds.decode.SkipDecoding()} if isinstance(image_feature, tfds.features.Image) else None
+        self._decoders = (
+            {image_key: tfds.decode.SkipDecoding()} if isinstance(image_feature, tfds.features.Image) else None
+        )
         label_feature = features[label_key]
         self.num_classes = int(getattr(label_feature, "num_classes", 0) or 0)
         # Decode-heavy data (JPEG) decodes in grain threads; small PNGs / arrays are faster inline.
@@ -223,7 +241,9 @@ class TfdsSource:
                 return (*self._decode(self._read(j), j), False)
             except Exception as e:
                 self._mark_corrupt(j, e)
-        raise CorruptExampleError(self.name, self.split, index, f"every example of the split is corrupt ({first_error})")
+        raise CorruptExampleError(
+            self.name, self.split, index, f"every example of the split is corrupt ({first_error})"
+        )
 
     def _mark_corrupt(self, index: int, error: BaseException) -> None:
         with self._lock:
@@ -232,7 +252,12 @@ class TfdsSource:
         if new:
             log.warning(
                 "skipping corrupt example %s/%s[%d] (%s: %s); replaced by the next good index (%d corrupt so far)",
-                self.name, self.split, index, type(error).__name__, error, self.corrupt_count,
+                self.name,
+                self.split,
+                index,
+                type(error).__name__,
+                error,
+                self.corrupt_count,
             )
 
     def _load(self, request: tuple[int, int, bool, Any]) -> tuple[np.ndarray, int, bool]:
@@ -271,7 +296,9 @@ class TfdsSource:
         requests = [(i, p, bool(train), r) for i, p, r in zip(indices, positions, records)]
         ds = self._grain.MapDataset.source(requests).map(self._load)
         if self.num_threads > 1 and len(requests) > 1:
-            opts = self._grain.ReadOptions(num_threads=min(self.num_threads, len(requests)), prefetch_buffer_size=len(requests))
+            opts = self._grain.ReadOptions(
+                num_threads=min(self.num_threads, len(requests)), prefetch_buffer_size=len(requests)
+            )
             out = list(ds.to_iter_dataset(opts))
         else:
             out = [ds[k] for k in range(len(requests))]
@@ -294,27 +321,26 @@ def image_size_for(config) -> int:
     return 299 if config.model.name == "inception_resnet_v2" else 224
 
 
-def open_split(config, split: str, *, name: str | None = None) -> TfdsSource:
-    """One split of ``config.dataset`` as a :class:`TfdsSource`."""
-    name = name or config.dataset.name
-    if name not in TFDS_DATASETS:
-        raise ConfigError("dataset.name", f"{name!r} is not a tfds dataset; choose one of {', '.join(TFDS_DATASETS)}")
+def open_split(config, info: DatasetInfo, split: str) -> TfdsSource:
+    """Split ``split`` of the tfds dataset ``info`` (a registry entry) as a :class:`TfdsSource`."""
+    if info.source != "tfds":
+        raise ConfigError("dataset.name", f"{info.name!r} is not a tfds dataset")
     on_corrupt = config.dataset.on_corrupt
     if on_corrupt not in ON_CORRUPT:
         raise ConfigError("dataset.on_corrupt", f"unknown policy {on_corrupt!r}; choose error or skip")
-    kind = TFDS_DATASETS[name][2]
+    kind = info.preprocess
     size = image_size_for(config) if kind == "imagenet" else 32
     if kind == "cifar" and int(config.dataset.image_size) not in (0, 32):
-        raise ConfigError("dataset.image_size", f"cifar10 images are 32x32; set 0 or 32, not {config.dataset.image_size}")
-    data_source = open_data_source(name, split, config.dataset.data_dir or None)
+        raise ConfigError(
+            "dataset.image_size", f"cifar10 images are 32x32; set 0 or 32, not {config.dataset.image_size}"
+        )
+    data_source = open_data_source(info.name, split, config.dataset.data_dir or None)
     pre = Preprocessor(kind, size, augment=bool(config.dataset.augment))
-    return TfdsSource(data_source, name=name, split=split, preprocessor=pre, seed=int(config.seed), on_corrupt=on_corrupt)
+    return TfdsSource(
+        data_source, name=info.name, split=split, preprocessor=pre, seed=int(config.seed), on_corrupt=on_corrupt
+    )
 
 
-def load_splits(config) -> Splits:
-    """Train and eval sources of ``cifar10`` (train/test) or ``imagenet2012`` (train/validation)."""
-    name = config.dataset.name
-    if name not in TFDS_DATASETS:
-        raise ConfigError("dataset.name", f"{name!r} is not a tfds dataset; choose one of {', '.join(TFDS_DATASETS)}")
-    train_split, eval_split, _ = TFDS_DATASETS[name]
-    return Splits(open_split(config, train_split), open_split(config, eval_split), name)
+def load_tfds_splits(config, info: DatasetInfo) -> Splits:
+    """Train and eval sources of the tfds dataset ``info`` (its ``train_split`` / ``eval_split``)."""
+    return Splits(open_split(config, info, info.train_split), open_split(config, info, info.eval_split), info.name)

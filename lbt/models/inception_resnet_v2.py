@@ -26,7 +26,8 @@ does not use it).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -51,8 +52,16 @@ class ConvBN(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = True):
-        x = nn.Conv(self.features, self.kernel, (self.strides, self.strides), padding=self.padding,
-                    use_bias=False, dtype=self.dtype, kernel_init=conv_init, name="conv")(x)
+        x = nn.Conv(
+            self.features,
+            self.kernel,
+            (self.strides, self.strides),
+            padding=self.padding,
+            use_bias=False,
+            dtype=self.dtype,
+            kernel_init=conv_init,
+            name="conv",
+        )(x)
         x = self.norm(use_running_average=not train, name="bn")(x)
         return nn.relu(x)
 

@@ -21,7 +21,8 @@ branch starts as 0 and each block as the identity. The gradient still reaches γ
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -107,8 +108,16 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = True):
         x = x.astype(self.dtype)
-        x = nn.Conv(self.width, (7, 7), (2, 2), padding=_pad(7), use_bias=False, dtype=self.dtype,
-                    kernel_init=conv_init, name="conv_init")(x)
+        x = nn.Conv(
+            self.width,
+            (7, 7),
+            (2, 2),
+            padding=_pad(7),
+            use_bias=False,
+            dtype=self.dtype,
+            kernel_init=conv_init,
+            name="conv_init",
+        )(x)
         x = nn.relu(self.norm(use_running_average=not train, name="bn_init")(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(3))
         for i, n in enumerate(self.stage_sizes):

@@ -16,7 +16,8 @@ achieves for post-activation ResNets, and ``conv2`` still gets a gradient on the
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -40,8 +41,15 @@ class PreActBlock(nn.Module):
         y = conv(self.filters, (3, 3), s, padding=((1, 1), (1, 1)), name="conv1")(o)
         y = nn.relu(norm(name="bn2")(y))
         last_init = nn.initializers.zeros if self.zero_init_last_bn else conv_init
-        y = nn.Conv(self.filters, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype,
-                    kernel_init=last_init, name="conv2")(y)
+        y = nn.Conv(
+            self.filters,
+            (3, 3),
+            padding=((1, 1), (1, 1)),
+            use_bias=False,
+            dtype=self.dtype,
+            kernel_init=last_init,
+            name="conv2",
+        )(y)
         if x.shape[-1] != self.filters or self.strides != 1:
             x = conv(self.filters, (1, 1), s, padding="VALID", name="shortcut")(o)
         return x + y
@@ -62,8 +70,15 @@ class WideResNet(nn.Module):
         assert (self.depth - 4) % 6 == 0, "WRN depth must be 6n + 4"
         n = (self.depth - 4) // 6
         x = x.astype(self.dtype)
-        x = nn.Conv(16, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, dtype=self.dtype,
-                    kernel_init=conv_init, name="conv_init")(x)
+        x = nn.Conv(
+            16,
+            (3, 3),
+            padding=((1, 1), (1, 1)),
+            use_bias=False,
+            dtype=self.dtype,
+            kernel_init=conv_init,
+            name="conv_init",
+        )(x)
         for i, width in enumerate((16 * self.widen, 32 * self.widen, 64 * self.widen)):
             for j in range(n):
                 x = PreActBlock(

@@ -1,4 +1,4 @@
-"""Microbatch accumulation with one all-reduce per optimizer step (DESIGN.md, semantics 2-3).
+"""Microbatch accumulation with one all-reduce per optimizer step (docs/design.md, semantics 2-3).
 
 Two jitted ``shard_map`` programs with fixed shapes serve every batch size:
 
@@ -17,61 +17,33 @@ optimizer state are left unchanged) and reported in the metrics, for the loop's 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from lbt.parallel.mesh import DATA, data_sharded, replicated
-
-
-@flax.struct.dataclass
-class TrainState:
-    """Replicated training state. ``step`` counts optimizer steps applied."""
-
-    params: Any
-    batch_stats: Any
-    opt_state: Any
-    step: jax.Array
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int, smoothing: float = 0.0) -> jax.Array:
-    """Per-example softmax cross entropy with optional label smoothing (Szegedy et al. 2016)."""
-    onehot = jax.nn.one_hot(labels, num_classes)
-    if smoothing:
-        onehot = optax.smooth_labels(onehot, smoothing)
-    return optax.softmax_cross_entropy(logits, onehot)
+from lbt.train.losses import cross_entropy
+from lbt.train.state import TrainState
 
 
 @dataclasses.dataclass
 class TrainPrograms:
     """The jitted programs of one run, built for a fixed mesh and microbatch."""
 
-    mesh: Mesh
     accum: Callable
     apply: Callable
     evaluate: Callable
     zeros_acc: Callable
-    num_devices: int
 
 
-def build_programs(
-    model: Any,
-    tx: optax.GradientTransformation,
-    mesh: Mesh,
-    *,
-    num_classes: int,
-    bn_momentum: float,
-    label_smoothing: float = 0.0,
-) -> TrainPrograms:
-    """Build ``accum``, ``apply``, ``evaluate`` and the accumulator factory for ``model``."""
-    n_dev = mesh.devices.size
-    rep, shard = replicated(mesh), data_sharded(mesh)
-    mu = float(bn_momentum)
+def _step_bodies(model: Any, tx: optax.GradientTransformation, num_classes: int, mu: float, label_smoothing: float):
+    """The per-device bodies of ``accum`` and ``apply`` (run inside ``shard_map``)."""
 
     def local_grads(state: TrainState, images, labels):
         def loss_fn(params):
@@ -123,13 +95,25 @@ def build_programs(
         metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite}
         return new_state, jax.tree.map(jnp.zeros_like, acc), metrics
 
+    return accum_body, apply_body
+
+
+def build_programs(
+    model: Any,
+    tx: optax.GradientTransformation,
+    mesh: Mesh,
+    *,
+    num_classes: int,
+    bn_momentum: float,
+    label_smoothing: float = 0.0,
+) -> TrainPrograms:
+    """Build ``accum``, ``apply``, ``evaluate`` and the accumulator factory for ``model``."""
+    n_dev = mesh.devices.size
+    rep, shard = replicated(mesh), data_sharded(mesh)
+    accum_body, apply_body = _step_bodies(model, tx, num_classes, float(bn_momentum), label_smoothing)
     accum = jax.jit(
         jax.shard_map(
-            accum_body,
-            mesh=mesh,
-            in_specs=(P(), P(DATA), P(DATA), P(DATA)),
-            out_specs=P(DATA),
-            check_vma=False,
+            accum_body, mesh=mesh, in_specs=(P(), P(DATA), P(DATA), P(DATA)), out_specs=P(DATA), check_vma=False
         ),
         donate_argnums=(1,),
     )
@@ -158,5 +142,4 @@ def build_programs(
 
     # The initial accumulators carry accum's output sharding, or accum would compile twice.
     zeros_acc = jax.jit(make_zeros, out_shardings=shard)
-
-    return TrainPrograms(mesh, accum, apply, evaluate, zeros_acc, n_dev)
+    return TrainPrograms(accum, apply, evaluate, zeros_acc)

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import re
 from collections.abc import Mapping, Sequence
 
@@ -118,14 +117,13 @@ def _explicit_spec(coord, nproc, pid, source: str, origins: dict[str, str]) -> C
             f"is set but the number of processes is not; set --num_processes "
             f"(or {_ENV_NPROC}) to the total number of processes on every process",
         )
-    nproc = _parse_int("num_processes", nproc, origins["num_processes"],
-                       "set it to the total number of processes, e.g. 2")
+    nproc = _parse_int(
+        "num_processes", nproc, origins["num_processes"], "set it to the total number of processes, e.g. 2"
+    )
     if nproc < 1:
-        raise ConfigError("num_processes",
-                          f"{origins['num_processes']}={nproc} must be >= 1")
+        raise ConfigError("num_processes", f"{origins['num_processes']}={nproc} must be >= 1")
     if pid is not None:
-        pid = _parse_int("process_id", pid, origins["process_id"],
-                         f"set it to this process's rank in 0..{nproc - 1}")
+        pid = _parse_int("process_id", pid, origins["process_id"], f"set it to this process's rank in 0..{nproc - 1}")
         if not 0 <= pid < nproc:
             raise ConfigError(
                 "process_id",
@@ -162,12 +160,10 @@ def _slurm_spec(env: Mapping[str, str], forced: bool) -> ClusterSpec | None:
                 "sbatch/salloc allocation and start every process with srun",
             )
         return None
-    ntasks = _parse_int("num_processes", ntasks_raw, "SLURM_NTASKS",
-                        "launch with srun so SLURM sets it")
+    ntasks = _parse_int("num_processes", ntasks_raw, "SLURM_NTASKS", "launch with srun so SLURM sets it")
     if ntasks <= 1 and not forced:
         return None
-    missing = [v for v in ("SLURM_JOB_ID", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_STEP_NODELIST")
-               if v not in env]
+    missing = [v for v in ("SLURM_JOB_ID", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_STEP_NODELIST") if v not in env]
     if missing:
         raise ConfigError(
             "num_processes",
@@ -196,8 +192,12 @@ def _tpu_spec(env: Mapping[str, str], forced: bool) -> ClusterSpec | None:
             return ClusterSpec(None, None, None, "tpu")
         return None
     hosts = [h for h in hosts_raw.split(",") if h.strip()]
-    nslices = _parse_int("num_processes", env.get("MEGASCALE_NUM_SLICES", "1") or "1",
-                         "MEGASCALE_NUM_SLICES", "it is set by the TPU runtime")
+    nslices = _parse_int(
+        "num_processes",
+        env.get("MEGASCALE_NUM_SLICES", "1") or "1",
+        "MEGASCALE_NUM_SLICES",
+        "it is set by the TPU runtime",
+    )
     if len(hosts) * nslices <= 1 and not forced:
         return None
     if "TPU_WORKER_ID" not in env:
@@ -206,14 +206,16 @@ def _tpu_spec(env: Mapping[str, str], forced: bool) -> ClusterSpec | None:
             "TPU_WORKER_HOSTNAMES lists several hosts but TPU_WORKER_ID is not set; set it "
             "to this host's index in that list (GKE sets it for TPU node pools)",
         )
-    wid = _parse_int("process_id", env["TPU_WORKER_ID"], "TPU_WORKER_ID",
-                     "set it to this host's index in TPU_WORKER_HOSTNAMES")
-    slice_id = _parse_int("process_id", env.get("MEGASCALE_SLICE_ID", "0") or "0",
-                          "MEGASCALE_SLICE_ID", "it is set by the TPU runtime")
+    wid = _parse_int(
+        "process_id", env["TPU_WORKER_ID"], "TPU_WORKER_ID", "set it to this host's index in TPU_WORKER_HOSTNAMES"
+    )
+    slice_id = _parse_int(
+        "process_id", env.get("MEGASCALE_SLICE_ID", "0") or "0", "MEGASCALE_SLICE_ID", "it is set by the TPU runtime"
+    )
     if not 0 <= wid < len(hosts):
-        raise ConfigError("process_id",
-                          f"TPU_WORKER_ID={wid} is outside 0..{len(hosts) - 1} "
-                          "(the hosts in TPU_WORKER_HOSTNAMES)")
+        raise ConfigError(
+            "process_id", f"TPU_WORKER_ID={wid} is outside 0..{len(hosts) - 1} (the hosts in TPU_WORKER_HOSTNAMES)"
+        )
     nproc = len(hosts) * nslices
     if nproc == 1:
         return ClusterSpec(None, 1, 0, "single")
@@ -240,8 +242,7 @@ def detect_cluster(
         "num_processes": env.get(_ENV_NPROC) or None,
         "process_id": env.get(_ENV_PID) or None,
     }
-    env_names = {"coordinator_address": _ENV_COORD, "num_processes": _ENV_NPROC,
-                 "process_id": _ENV_PID}
+    env_names = {"coordinator_address": _ENV_COORD, "num_processes": _ENV_NPROC, "process_id": _ENV_PID}
     if any(v is not None for v in given.values()) or any(v is not None for v in env_vals.values()):
         merged, origins = {}, {}
         for k in given:
@@ -254,8 +255,9 @@ def detect_cluster(
             merged["process_id"] = env["JOB_COMPLETION_INDEX"]
             origins["process_id"] = "JOB_COMPLETION_INDEX"
             source = "k8s" if source == "env" else source
-        return _explicit_spec(merged["coordinator_address"], merged["num_processes"],
-                              merged["process_id"], source, origins)
+        return _explicit_spec(
+            merged["coordinator_address"], merged["num_processes"], merged["process_id"], source, origins
+        )
 
     forced = (env.get(_ENV_CLUSTER) or "").strip().lower()
     if forced:
@@ -269,8 +271,7 @@ def detect_cluster(
             return ClusterSpec(None, None, None, "k8s")
         raise ConfigError(
             "cluster",
-            f"{_ENV_CLUSTER}={env[_ENV_CLUSTER]!r} is not one of slurm, tpu, k8s, single; "
-            "unset it to auto-detect",
+            f"{_ENV_CLUSTER}={env[_ENV_CLUSTER]!r} is not one of slurm, tpu, k8s, single; unset it to auto-detect",
         )
 
     spec = _slurm_spec(env, forced=False)
@@ -313,9 +314,11 @@ def initialize(
     if jax.distributed.is_initialized():
         logger.info("jax.distributed already initialised; not initialising again")
         return
-    for name, value in (("initialization_timeout_s", initialization_timeout_s),
-                        ("heartbeat_timeout_s", heartbeat_timeout_s),
-                        ("shutdown_timeout_s", shutdown_timeout_s)):
+    for name, value in (
+        ("initialization_timeout_s", initialization_timeout_s),
+        ("heartbeat_timeout_s", heartbeat_timeout_s),
+        ("shutdown_timeout_s", shutdown_timeout_s),
+    ):
         if int(value) < 1:
             raise ConfigError(name, f"{name}={value} must be a positive number of seconds")
 
@@ -341,9 +344,12 @@ def initialize(
     logger.info(
         "initialising jax.distributed (source=%s, coordinator=%s, num_processes=%s, "
         "process_id=%s, heartbeat_timeout=%ss, initialization_timeout=%ss)",
-        spec.source, spec.coordinator_address or "<auto>", spec.num_processes or "<auto>",
+        spec.source,
+        spec.coordinator_address or "<auto>",
+        spec.num_processes or "<auto>",
         spec.process_id if spec.process_id is not None else "<auto>",
-        heartbeat_timeout_s, initialization_timeout_s,
+        heartbeat_timeout_s,
+        initialization_timeout_s,
     )
     jax.distributed.initialize(**kwargs)
 

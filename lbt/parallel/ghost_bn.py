@@ -1,4 +1,4 @@
-"""Ghost batch norm defined by example index, with cross-replica groups (DESIGN.md, semantics 4).
+"""Ghost batch norm defined by example index, with cross-replica groups (docs/design.md, semantics 4).
 
 Statistics are computed over groups of G consecutive examples of the *global* microbatch
 (Hoffer et al. 2017; used by Smith et al. 2018 to keep BN noise fixed while B grows). The layer
@@ -16,13 +16,49 @@ optimizer step (EMA is linear, so that equals one EMA of the device-averaged sta
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lbt.errors import ConfigError
+
 Array = jax.Array
+
+
+def ghost_layout(ghost: int, microbatch: int, num_devices: int) -> tuple[int, int]:
+    """Return ``(G, devices_per_group)`` for ghost size ``ghost`` (0 = M) and check it.
+
+    G must divide M. If G <= b (= M / devices) it must divide b (groups are device-local);
+    if G > b it must be a multiple of b, and a group spans G / b devices (cross-replica ghost BN).
+    """
+    g = ghost or microbatch
+    b = microbatch // num_devices
+    if microbatch % g:
+        raise ConfigError(
+            "model.ghost_batch_size",
+            f"{g} does not divide the global microbatch {microbatch}; pick a divisor such as {_divisor_near(microbatch, g)}",
+        )
+    if g <= b:
+        if b % g:
+            raise ConfigError(
+                "model.ghost_batch_size",
+                f"{g} does not divide the per-device microbatch {b}; pick a divisor of {b} or a multiple of {b}",
+            )
+        return g, 1
+    if g % b:
+        raise ConfigError(
+            "model.ghost_batch_size",
+            f"{g} spans devices but is not a multiple of the per-device microbatch {b}; use a multiple of {b}",
+        )
+    return g, g // b
+
+
+def _divisor_near(n: int, target: int) -> int:
+    divisors = [d for d in range(1, n + 1) if n % d == 0]
+    return min(divisors, key=lambda d: abs(d - target))
 
 
 def ghost_groups(num_devices: int, devices_per_group: int) -> list[list[int]]:

@@ -2,7 +2,7 @@
 
 Smith et al. 2018: instead of dividing ε by f, multiply B by f (same noise scale g). Once B
 reaches B_max (about N / 10, beyond which the small-g regime ends and steps stop shrinking),
-decay ε instead ("hybrid"). Every B is k * M for an integer k (DESIGN.md semantics 2), so the
+decay ε instead ("hybrid"). Every B is k * M for an integer k (docs/design.md, semantics 2), so the
 batch grows by accumulating more microbatches, never by recompiling.
 """
 
@@ -32,7 +32,9 @@ def round_to_multiple(value: float, multiple: int, rounding: str, field: str) ->
     ``nearest`` rounds to the nearest multiple (at least M).
     """
     if rounding not in ROUNDINGS:
-        raise ConfigError("schedule.batch.rounding", f"unknown rounding {rounding!r}; choose one of {', '.join(ROUNDINGS)}")
+        raise ConfigError(
+            "schedule.batch.rounding", f"unknown rounding {rounding!r}; choose one of {', '.join(ROUNDINGS)}"
+        )
     k_real = value / multiple
     k_near = round(k_real)
     if k_near >= 1 and abs(k_real - k_near) <= EXACT_RTOL * max(1.0, abs(k_real)):
@@ -55,17 +57,12 @@ def default_max_global_batch(N: int, microbatch: int) -> int:
     return max(microbatch, floor_to_multiple(N / 10, microbatch))
 
 
-def grown_batch(global_batch: float, factor: float, num_milestones: int) -> float:
-    """B0 * factor**i: the batch after ``i`` milestones of an LR step decay by ``factor``."""
-    return global_batch * factor**num_milestones
-
-
 def hybrid_batch(ideal_batch: float, max_global_batch: int | None, microbatch: int, rounding: str, field: str) -> int:
     """The hybrid rule: B = min(B_ideal, B_max) as a multiple of M.
 
     Below B_max the ideal batch is rounded per ``rounding``; above it the batch is B_max (itself a
-    multiple of M) and the learning rate must absorb the remaining factor ``B / B_ideal`` so that
-    the noise scale is unchanged (see :func:`lr_correction`).
+    multiple of M) and the caller multiplies ε by ``B / B_ideal`` so that the noise scale
+    g = ε N / (B (1 - m)) is unchanged (Smith et al. 2018).
     """
     if max_global_batch is not None and ideal_batch >= max_global_batch:
         return max_global_batch
@@ -73,8 +70,3 @@ def hybrid_batch(ideal_batch: float, max_global_batch: int | None, microbatch: i
     if max_global_batch is not None:
         b = min(b, max_global_batch)
     return b
-
-
-def lr_correction(actual_batch: int, ideal_batch: float) -> float:
-    """Multiplier on ε that keeps g = ε N / (B (1 - m)) when B_actual replaces B_ideal."""
-    return actual_batch / ideal_batch

@@ -16,20 +16,13 @@ References:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from fractions import Fraction
-from typing import Sequence
 
 LR_SCHEDULES = ("constant", "step", "cosine", "triangular", "triangular2", "exp_range", "onecycle")
 CYCLIC = ("triangular", "triangular2", "exp_range")
-#: Schedules that depend on the optimizer iteration (not on epochs).
-ITERATION_BASED = CYCLIC + ("onecycle",)
 #: Schedules that only decay (the LR never rises), so a batch-growth plan can mirror them.
 DECAYING = ("constant", "step", "cosine")
-
-
-def constant(base_lr: float) -> float:
-    """ε(t) = ε0."""
-    return float(base_lr)
 
 
 def step_decay_count(epoch: float, milestones: Sequence[float]) -> int:

@@ -12,7 +12,7 @@ the factors telescope, so after the j-th milestone B = B0 (1 - m0) / (1 - m_j).
 from __future__ import annotations
 
 import bisect
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def effective_lr(lr: float, momentum: float) -> float:

@@ -30,9 +30,7 @@ def batch_for_noise_scale(g: float, lr: float, N: int, momentum: float = 0.0) ->
     return lr * N / (g * (1.0 - momentum))
 
 
-def gradient_stats(
-    grad_sq_small: float, grad_sq_big: float, batch_small: int, batch_big: int
-) -> tuple[float, float]:
+def gradient_stats(grad_sq_small: float, grad_sq_big: float, batch_small: int, batch_big: int) -> tuple[float, float]:
     """McCandlish et al. 2018 (A.1): unbiased ``(|G|^2, tr(Σ))`` from the squared norms of the
     mean gradient measured at two batch sizes ``batch_small < batch_big``::
 

@@ -1,5 +1,5 @@
 """The Plan: batch size B, learning rate ε, momentum m and noise scale g as functions of
-*examples seen* (DESIGN.md semantics 1 and 2).
+*examples seen* (docs/design.md, semantics 1 and 2).
 
 A run is a list of phases over examples seen ``[0, total_examples)``. Within a phase B and m are
 constant; ε may vary (warmup, cosine, CLR). A step that starts at ``examples_seen = s`` uses
@@ -35,8 +35,9 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import math
+from collections.abc import Iterator
 from fractions import Fraction
-from typing import Any, Iterator
+from typing import Any
 
 import ml_collections
 
@@ -145,12 +146,6 @@ class Phase:
     steps: int = 0
     first_step: int = 0
 
-    def start_epoch(self, N: int) -> float:
-        return self.start_example / N
-
-    def end_epoch(self, N: int) -> float:
-        return self.end_example / N
-
 
 # ---------------------------------------------------------------------------------------------
 # Resolution and validation
@@ -195,13 +190,68 @@ def _int(x: Any) -> bool:
 
 
 def _resolve(config: ml_collections.ConfigDict, N: int) -> _Spec:
+    """Validate ``config.schedule`` (plus N and M) into a :class:`_Spec`; the checks run in a
+    fixed order, so the first bad field is the one reported."""
     s = config.schedule
     lrc, bc = s.lr, s.batch
+    M = _resolve_sizes(config, N)
+    total = _resolve_run(s, N, M)
+    rounding = bc.rounding
+    if rounding not in batch_lib.ROUNDINGS:
+        raise ConfigError(
+            "schedule.batch.rounding", f"unknown rounding {rounding!r}; choose one of {', '.join(batch_lib.ROUNDINGS)}"
+        )
+    B0 = batch_lib.round_to_multiple(s.global_batch, M, rounding, "schedule.global_batch")
+    name, mode = _resolve_names(s)
+    warmup = _resolve_warmup(s, N)
+    milestones = _resolve_lr(s, N)
+    momentum, init_scale, init_field = _resolve_mode(s, mode, name)
+    cap = _resolve_cap(bc, N, M, mode, name, B0 * init_scale, init_field)
+    # (Each stepped batch is checked against M while the plan is built.)
+    m_milestones, m_values, m_scales = _resolve_momentum_schedule(s, N, mode, momentum)
+    max_lr = float(lrc.max_lr) if name in lr_lib.CYCLIC else (float(lrc.max_lr) or float(s.base_lr))
+    return _Spec(
+        N=N,
+        M=M,
+        total=total,
+        base_lr=float(s.base_lr),
+        m0=float(s.momentum),
+        B0=B0,
+        name=name,
+        milestones=milestones,
+        factor=float(lrc.factor),
+        warmup=warmup,
+        warmup_start=float(lrc.warmup_start_factor),
+        final_factor=float(lrc.final_factor),
+        max_lr=max_lr,
+        step_size=int(lrc.step_size),
+        gamma=float(lrc.gamma),
+        pct_start=float(lrc.pct_start),
+        div_factor=float(lrc.div_factor),
+        final_div_factor=float(lrc.final_div_factor),
+        mode=mode,
+        cap=cap,
+        rounding=rounding,
+        momentum=momentum,
+        init_scale=init_scale,
+        m_milestones=m_milestones,
+        m_values=m_values,
+        m_scales=m_scales,
+    )
+
+
+def _resolve_sizes(config: ml_collections.ConfigDict, N: int) -> int:
+    """Check N and return M = ``train.global_microbatch``."""
     if not _int(N) or N <= 0:
         raise ConfigError("dataset.name", f"dataset size N must be a positive int, got {N!r}")
     M = config.train.global_microbatch
     if not _int(M) or M <= 0:
         raise ConfigError("train.global_microbatch", f"must be a positive int, got {M!r}; e.g. 128")
+    return M
+
+
+def _resolve_run(s: ml_collections.ConfigDict, N: int, M: int) -> int:
+    """Check epochs, base_lr, momentum and global_batch; return total_examples = round(epochs N)."""
     if not _num(s.epochs) or s.epochs <= 0:
         raise ConfigError("schedule.epochs", f"must be > 0, got {s.epochs!r}; e.g. 90.0")
     total = int(round(s.epochs * N))
@@ -213,66 +263,111 @@ def _resolve(config: ml_collections.ConfigDict, N: int) -> _Spec:
         raise ConfigError("schedule.momentum", f"must be in [0, 1), got {s.momentum!r}; e.g. 0.9")
     if not _int(s.global_batch) or s.global_batch <= 0:
         raise ConfigError("schedule.global_batch", f"must be a positive int, got {s.global_batch!r}; e.g. {M}")
-    rounding = bc.rounding
-    if rounding not in batch_lib.ROUNDINGS:
-        raise ConfigError("schedule.batch.rounding", f"unknown rounding {rounding!r}; choose one of {', '.join(batch_lib.ROUNDINGS)}")
-    B0 = batch_lib.round_to_multiple(s.global_batch, M, rounding, "schedule.global_batch")
+    return total
 
-    name = lrc.name
+
+def _resolve_names(s: ml_collections.ConfigDict) -> tuple[str, str]:
+    """(``lr.name``, ``batch.mode``), each one of the known names."""
+    name = s.lr.name
     if name not in lr_lib.LR_SCHEDULES:
-        raise ConfigError("schedule.lr.name", f"unknown lr schedule {name!r}; choose one of {', '.join(lr_lib.LR_SCHEDULES)}")
-    mode = bc.mode
+        raise ConfigError(
+            "schedule.lr.name", f"unknown lr schedule {name!r}; choose one of {', '.join(lr_lib.LR_SCHEDULES)}"
+        )
+    mode = s.batch.mode
     if mode not in BATCH_MODES:
-        raise ConfigError("schedule.batch.mode", f"unknown batch mode {mode!r}; choose one of {', '.join(BATCH_MODES)}")
+        raise ConfigError(
+            "schedule.batch.mode", f"unknown batch mode {mode!r}; choose one of {', '.join(BATCH_MODES)}"
+        )
+    return name, mode
 
-    # Warmup.
+
+def _resolve_warmup(s: ml_collections.ConfigDict, N: int) -> int:
+    """Goyal et al. 2017 warmup length in examples (0 = off)."""
+    lrc = s.lr
     if not _num(lrc.warmup_epochs) or not 0.0 <= lrc.warmup_epochs < s.epochs:
-        raise ConfigError("schedule.lr.warmup_epochs", f"must be in [0, epochs={s.epochs}), got {lrc.warmup_epochs!r}; 0 = no warmup")
+        raise ConfigError(
+            "schedule.lr.warmup_epochs", f"must be in [0, epochs={s.epochs}), got {lrc.warmup_epochs!r}; 0 = no warmup"
+        )
     if not _num(lrc.warmup_start_factor) or not 0.0 <= lrc.warmup_start_factor <= 1.0:
         raise ConfigError("schedule.lr.warmup_start_factor", f"must be in [0, 1], got {lrc.warmup_start_factor!r}")
-    warmup = int(round(lrc.warmup_epochs * N))
+    return int(round(lrc.warmup_epochs * N))
 
-    milestones: tuple[int, ...] = ()
-    if name == "step":
-        ms = tuple(lrc.milestones)
-        if not all(_num(m) for m in ms):
-            raise ConfigError("schedule.lr.milestones", f"must be numbers (epochs), got {ms!r}; e.g. (60, 120, 160)")
-        if any(b <= a for a, b in zip(ms, ms[1:])):
-            raise ConfigError("schedule.lr.milestones", f"must be strictly increasing, got {ms!r}; e.g. {tuple(sorted(set(ms)))!r}")
-        if ms and not (0 < ms[0] and ms[-1] < s.epochs):
-            raise ConfigError("schedule.lr.milestones", f"must lie in (0, epochs={s.epochs}), got {ms!r}")
-        milestones = tuple(int(round(m * N)) for m in ms)
-        if not _num(lrc.factor) or lrc.factor < 1.0:
-            raise ConfigError("schedule.lr.factor", f"is the divisor at each milestone and must be >= 1, got {lrc.factor!r}; e.g. 5.0")
-    if name == "cosine" and (not _num(lrc.final_factor) or not 0.0 <= lrc.final_factor <= 1.0):
-        raise ConfigError("schedule.lr.final_factor", f"must be in [0, 1], got {lrc.final_factor!r}")
+
+def _resolve_lr(s: ml_collections.ConfigDict, N: int) -> tuple[int, ...]:
+    """Check the parameters of ``lr.name``; return the step milestones in examples (else ``()``)."""
+    name = s.lr.name
+    milestones = _resolve_step(s, N) if name == "step" else ()
+    if name == "cosine" and (not _num(s.lr.final_factor) or not 0.0 <= s.lr.final_factor <= 1.0):
+        raise ConfigError("schedule.lr.final_factor", f"must be in [0, 1], got {s.lr.final_factor!r}")
     if name in lr_lib.CYCLIC:
-        if not _num(lrc.max_lr) or lrc.max_lr <= s.base_lr:
-            raise ConfigError("schedule.lr.max_lr", f"CLR needs max_lr > base_lr={s.base_lr}, got {lrc.max_lr!r}; e.g. {6 * s.base_lr:g}")
-        if not _int(lrc.step_size) or lrc.step_size < 1:
-            raise ConfigError("schedule.lr.step_size", f"is the half-cycle in iterations and must be an int >= 1, got {lrc.step_size!r}; Smith 2017 suggests 2-10 epochs of iterations")
-        if name == "exp_range" and (not _num(lrc.gamma) or not 0.0 < lrc.gamma <= 1.0):
-            raise ConfigError("schedule.lr.gamma", f"must be in (0, 1], got {lrc.gamma!r}; e.g. 0.99994")
+        _check_cyclic(s)
     if name == "onecycle":
-        if not _num(lrc.max_lr) or lrc.max_lr < 0:
-            raise ConfigError("schedule.lr.max_lr", f"is the 1cycle peak and must be >= 0 (0 = base_lr), got {lrc.max_lr!r}")
-        if not _num(lrc.pct_start) or not 0.0 < lrc.pct_start < 1.0:
-            raise ConfigError("schedule.lr.pct_start", f"must be in (0, 1), got {lrc.pct_start!r}; e.g. 0.3")
-        for f in ("div_factor", "final_div_factor"):
-            if not _num(lrc[f]) or lrc[f] <= 0:
-                raise ConfigError(f"schedule.lr.{f}", f"must be > 0, got {lrc[f]!r}")
+        _check_onecycle(s.lr)
+    return milestones
 
-    # Batch mode.
-    momentum = float(s.momentum)
-    init_scale = 1.0
-    init_field = "schedule.global_batch"
+
+def _resolve_step(s: ml_collections.ConfigDict, N: int) -> tuple[int, ...]:
+    """Step decay: milestones (epochs, strictly increasing, inside (0, epochs)) -> examples."""
+    lrc = s.lr
+    ms = tuple(lrc.milestones)
+    if not all(_num(m) for m in ms):
+        raise ConfigError("schedule.lr.milestones", f"must be numbers (epochs), got {ms!r}; e.g. (60, 120, 160)")
+    if any(b <= a for a, b in zip(ms, ms[1:])):
+        raise ConfigError(
+            "schedule.lr.milestones", f"must be strictly increasing, got {ms!r}; e.g. {tuple(sorted(set(ms)))!r}"
+        )
+    if ms and not (0 < ms[0] and ms[-1] < s.epochs):
+        raise ConfigError("schedule.lr.milestones", f"must lie in (0, epochs={s.epochs}), got {ms!r}")
+    milestones = tuple(int(round(m * N)) for m in ms)
+    if not _num(lrc.factor) or lrc.factor < 1.0:
+        raise ConfigError(
+            "schedule.lr.factor", f"is the divisor at each milestone and must be >= 1, got {lrc.factor!r}; e.g. 5.0"
+        )
+    return milestones
+
+
+def _check_cyclic(s: ml_collections.ConfigDict) -> None:
+    """CLR (Smith 2017): max_lr > base_lr, step_size (iterations) >= 1, exp_range's gamma."""
+    lrc = s.lr
+    if not _num(lrc.max_lr) or lrc.max_lr <= s.base_lr:
+        raise ConfigError(
+            "schedule.lr.max_lr", f"CLR needs max_lr > base_lr={s.base_lr}, got {lrc.max_lr!r}; e.g. {6 * s.base_lr:g}"
+        )
+    if not _int(lrc.step_size) or lrc.step_size < 1:
+        raise ConfigError(
+            "schedule.lr.step_size",
+            f"is the half-cycle in iterations and must be an int >= 1, got {lrc.step_size!r}; Smith 2017 suggests 2-10 epochs of iterations",
+        )
+    if lrc.name == "exp_range" and (not _num(lrc.gamma) or not 0.0 < lrc.gamma <= 1.0):
+        raise ConfigError("schedule.lr.gamma", f"must be in (0, 1], got {lrc.gamma!r}; e.g. 0.99994")
+
+
+def _check_onecycle(lrc: ml_collections.ConfigDict) -> None:
+    """1cycle (Smith 2018, as torch OneCycleLR): peak, pct_start and the two divisors."""
+    if not _num(lrc.max_lr) or lrc.max_lr < 0:
+        raise ConfigError(
+            "schedule.lr.max_lr", f"is the 1cycle peak and must be >= 0 (0 = base_lr), got {lrc.max_lr!r}"
+        )
+    if not _num(lrc.pct_start) or not 0.0 < lrc.pct_start < 1.0:
+        raise ConfigError("schedule.lr.pct_start", f"must be in (0, 1), got {lrc.pct_start!r}; e.g. 0.3")
+    for f in ("div_factor", "final_div_factor"):
+        if not _num(lrc[f]) or lrc[f] <= 0:
+            raise ConfigError(f"schedule.lr.{f}", f"must be > 0, got {lrc[f]!r}")
+
+
+def _resolve_mode(s: ml_collections.ConfigDict, mode: str, name: str) -> tuple[float, float, str]:
+    """(m of the plan, B_init / B0, the field blamed if B_init is not a multiple of M) of the mode."""
+    bc = s.batch
+    momentum, init_scale, init_field = float(s.momentum), 1.0, "schedule.global_batch"
     if mode == "increase_lr":
         if not _num(bc.lr_factor) or bc.lr_factor <= 0:
             raise ConfigError("schedule.batch.lr_factor", f"must be > 0, got {bc.lr_factor!r}; e.g. 5.0")
         init_scale, init_field = float(bc.lr_factor), "schedule.batch.lr_factor"
     elif mode == "increase_momentum":
         if not _num(bc.final_momentum) or not 0.0 <= bc.final_momentum < 1.0:
-            raise ConfigError("schedule.batch.final_momentum", f"must be in [0, 1), got {bc.final_momentum!r}; e.g. 0.98")
+            raise ConfigError(
+                "schedule.batch.final_momentum", f"must be in [0, 1), got {bc.final_momentum!r}; e.g. 0.98"
+            )
         momentum = float(bc.final_momentum)
         init_scale, init_field = (1.0 - s.momentum) / (1.0 - momentum), "schedule.batch.final_momentum"
     if mode in ("increase_batch", "hybrid") and name not in lr_lib.DECAYING:
@@ -280,9 +375,20 @@ def _resolve(config: ml_collections.ConfigDict, N: int) -> _Spec:
             "schedule.batch.mode",
             f"{mode!r} mirrors a decaying LR schedule (constant, step or cosine), but schedule.lr.name is {name!r}; use batch.mode='decay_lr' for cyclical schedules",
         )
+    return momentum, init_scale, init_field
+
+
+def _resolve_cap(
+    bc: ml_collections.ConfigDict, N: int, M: int, mode: str, name: str, ideal_init: float, init_field: str
+) -> int | None:
+    """B_max (``None`` = no cap): the configured one, else N/10 for hybrid (Smith et al. 2018) or N
+    for cosine growth; checks it is not below the initial batch B_init (``ideal_init`` rounded)."""
+    rounding = bc.rounding
     if not _int(bc.max_global_batch) or bc.max_global_batch < 0:
-        raise ConfigError("schedule.batch.max_global_batch", f"must be an int >= 0 (0 = default), got {bc.max_global_batch!r}")
-    B_init = batch_lib.round_to_multiple(B0 * init_scale, M, rounding, init_field)
+        raise ConfigError(
+            "schedule.batch.max_global_batch", f"must be an int >= 0 (0 = default), got {bc.max_global_batch!r}"
+        )
+    B_init = batch_lib.round_to_multiple(ideal_init, M, rounding, init_field)
     cap: int | None = None
     if bc.max_global_batch:
         cap = batch_lib.round_to_multiple(bc.max_global_batch, M, rounding, "schedule.batch.max_global_batch")
@@ -291,27 +397,16 @@ def _resolve(config: ml_collections.ConfigDict, N: int) -> _Spec:
     elif mode in GROWTH_MODES and name == "cosine":
         cap = max(batch_lib.floor_to_multiple(N, M), B_init)
     if mode != "decay_lr" and cap is not None and cap < B_init:
-        raise ConfigError("schedule.batch.max_global_batch", f"B_max={cap} is below the initial global batch {B_init}; use at least {B_init} (or 0 for the default)")
+        raise ConfigError(
+            "schedule.batch.max_global_batch",
+            f"B_max={cap} is below the initial global batch {B_init}; use at least {B_init} (or 0 for the default)",
+        )
     if mode in GROWTH_MODES and name == "cosine" and rounding == "error":
         raise ConfigError(
             "schedule.batch.rounding",
             "a cosine schedule cannot be mirrored exactly by multiples of train.global_microbatch; set schedule.batch.rounding='down' (ε absorbs the difference, g is kept)",
         )
-
-    # (Each stepped batch is checked against M while the plan is built.)
-    m_milestones, m_values, m_scales = _resolve_momentum_schedule(s, N, mode, momentum)
-
-    max_lr = float(lrc.max_lr) if name in lr_lib.CYCLIC else (float(lrc.max_lr) or float(s.base_lr))
-    return _Spec(
-        N=N, M=M, total=total, base_lr=float(s.base_lr), m0=float(s.momentum), B0=B0, name=name,
-        milestones=milestones, factor=float(lrc.factor), warmup=warmup,
-        warmup_start=float(lrc.warmup_start_factor), final_factor=float(lrc.final_factor),
-        max_lr=max_lr, step_size=int(lrc.step_size), gamma=float(lrc.gamma),
-        pct_start=float(lrc.pct_start), div_factor=float(lrc.div_factor),
-        final_div_factor=float(lrc.final_div_factor), mode=mode, cap=cap, rounding=rounding,
-        momentum=momentum, init_scale=init_scale,
-        m_milestones=m_milestones, m_values=m_values, m_scales=m_scales,
-    )
+    return cap
 
 
 def _resolve_momentum_schedule(
@@ -336,14 +431,22 @@ def _resolve_momentum_schedule(
             "cannot be combined with batch.mode='increase_momentum' (which already sets m = final_momentum from the start); use batch.mode='hybrid' or 'increase_batch' with the stepped momentum, or clear momentum_schedule",
         )
     if not all(_num(m) for m in ms):
-        raise ConfigError("schedule.momentum_schedule.milestones", f"must be numbers (epochs), got {ms!r}; e.g. (1.0, 2.0)")
+        raise ConfigError(
+            "schedule.momentum_schedule.milestones", f"must be numbers (epochs), got {ms!r}; e.g. (1.0, 2.0)"
+        )
     if any(b <= a for a, b in zip(ms, ms[1:])):
-        raise ConfigError("schedule.momentum_schedule.milestones", f"must be strictly increasing, got {ms!r}; e.g. {tuple(sorted(set(ms)))!r}")
+        raise ConfigError(
+            "schedule.momentum_schedule.milestones",
+            f"must be strictly increasing, got {ms!r}; e.g. {tuple(sorted(set(ms)))!r}",
+        )
     if not (0 < ms[0] and ms[-1] < s.epochs):
         raise ConfigError("schedule.momentum_schedule.milestones", f"must lie in (0, epochs={s.epochs}), got {ms!r}")
     for v in vs:
         if not _num(v) or not 0.0 <= v < 1.0:
-            raise ConfigError("schedule.momentum_schedule.values", f"each momentum must be in [0, 1), got {v!r} in {vs!r}; e.g. (0.95, 0.975)")
+            raise ConfigError(
+                "schedule.momentum_schedule.values",
+                f"each momentum must be in [0, 1), got {v!r} in {vs!r}; e.g. (0.95, 0.975)",
+            )
     prev = momentum
     for v in vs:
         if v < prev:
@@ -413,10 +516,18 @@ def _batch_and_scale(spec: _Spec, s: int) -> tuple[int, Fraction, float]:
         i = lr_lib.step_decay_count(s, spec.milestones)
         decay = Fraction(1) / Fraction(spec.factor) ** i
         ideal = spec.B0 * spec.init_scale * spec.factor**i * mscale
-        field = mfield if j else "schedule.lr.factor" if i else (
-            "schedule.batch.lr_factor" if spec.mode == "increase_lr"
-            else "schedule.batch.final_momentum" if spec.mode == "increase_momentum"
-            else "schedule.global_batch"
+        field = (
+            mfield
+            if j
+            else "schedule.lr.factor"
+            if i
+            else (
+                "schedule.batch.lr_factor"
+                if spec.mode == "increase_lr"
+                else "schedule.batch.final_momentum"
+                if spec.mode == "increase_momentum"
+                else "schedule.global_batch"
+            )
         )
     elif spec.name == "cosine":
         decay = Fraction(1)  # the cosine shape is applied continuously in _lr
@@ -425,7 +536,13 @@ def _batch_and_scale(spec: _Spec, s: int) -> tuple[int, Fraction, float]:
     else:
         decay = Fraction(1)
         ideal = spec.B0 * spec.init_scale * mscale
-        field = mfield if j else "schedule.batch.lr_factor" if spec.mode == "increase_lr" else "schedule.batch.final_momentum"
+        field = (
+            mfield
+            if j
+            else "schedule.batch.lr_factor"
+            if spec.mode == "increase_lr"
+            else "schedule.batch.final_momentum"
+        )
     B = batch_lib.hybrid_batch(ideal, spec.cap, spec.M, spec.rounding, field)
     # g = ε N / (B (1 - m)) equal to the reference's ε_ref N / (B0 (1 - m0)).
     scale = decay * Fraction(B, spec.B0) * _momentum_ratio(m, spec.m0)
@@ -503,9 +620,17 @@ class Plan:
             p0, p1 = self._point(g.start, i), self._point(g.end - 1, i)
             phases.append(
                 Phase(
-                    index=i, start_example=g.start, end_example=g.end, global_batch=g.B,
-                    lr_start=p0.lr, lr_end=p1.lr, momentum=g.m, noise_scale=p0.noise_scale,
-                    noise_scale_end=p1.noise_scale, steps=self._seg_steps(i), first_step=g.first_step,
+                    index=i,
+                    start_example=g.start,
+                    end_example=g.end,
+                    global_batch=g.B,
+                    lr_start=p0.lr,
+                    lr_end=p1.lr,
+                    momentum=g.m,
+                    noise_scale=p0.noise_scale,
+                    noise_scale_end=p1.noise_scale,
+                    steps=self._seg_steps(i),
+                    first_step=g.first_step,
                 )
             )
         self.phases: list[Phase] = phases
@@ -520,7 +645,11 @@ class Plan:
 
     def _lr(self, s: int, i: int) -> float:
         spec, g = self._spec, self._segs[i]
-        w = lr_lib.linear_warmup_multiplier(s / spec.N, spec.warmup / spec.N, spec.warmup_start) if s < spec.warmup else 1.0
+        w = (
+            lr_lib.linear_warmup_multiplier(s / spec.N, spec.warmup / spec.N, spec.warmup_start)
+            if s < spec.warmup
+            else 1.0
+        )
         name = spec.name
         if name in ("constant", "step"):
             lr = g.lr_const
@@ -531,7 +660,9 @@ class Plan:
             lr = lr_lib.cyclic(it, spec.base_lr, spec.max_lr, spec.step_size, name, spec.gamma) * float(g.scale)
         else:
             it = min(max(0, self._iteration(s, i)), self._total_steps - 1)
-            lr = lr_lib.onecycle(it, self._total_steps, spec.max_lr, spec.pct_start, spec.div_factor, spec.final_div_factor) * float(g.scale)
+            lr = lr_lib.onecycle(
+                it, self._total_steps, spec.max_lr, spec.pct_start, spec.div_factor, spec.final_div_factor
+            ) * float(g.scale)
         return lr if w == 1.0 else lr * w
 
     def _point(self, s: int, i: int) -> PlanPoint:
@@ -562,9 +693,6 @@ class Plan:
     def phase_steps(self) -> list[int]:
         """Optimizer steps that start in each phase."""
         return [p.steps for p in self.phases]
-
-    def phase_of(self, examples_seen: int) -> Phase:
-        return self.phases[max(0, bisect.bisect_right(self._starts, examples_seen) - 1)]
 
     def __repr__(self) -> str:
         return f"Plan(mode={self.mode!r}, lr={self.lr_name!r}, N={self.N}, M={self.microbatch}, total_examples={self.total_examples}, phases={len(self.phases)}, steps={self._total_steps})"
@@ -602,7 +730,9 @@ def to_batch_growth(
     c = config.copy_and_resolve_references()
     name = c.schedule.lr.name
     if name not in lr_lib.DECAYING:
-        raise ConfigError("schedule.lr.name", f"to_batch_growth needs a decaying schedule (step or cosine), got {name!r}")
+        raise ConfigError(
+            "schedule.lr.name", f"to_batch_growth needs a decaying schedule (step or cosine), got {name!r}"
+        )
     with c.unlocked():
         c.schedule.batch.mode = "hybrid"
         c.schedule.batch.max_global_batch = int(max_global_batch or 0)

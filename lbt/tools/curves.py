@@ -4,20 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lbt.tools.plots import new_figure, save_figure
 from lbt.train.metrics import read_jsonl
 
 
 def plot_curves(metrics_path: str | Path, out_path: str | Path) -> Path:
     """Train loss and global batch against epochs and steps, and test accuracy against epochs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     recs = read_jsonl(metrics_path)
     train = [r for r in recs if "split" not in r and isinstance(r.get("loss"), (int, float))]
     evals = [r for r in recs if r.get("split") == "test"]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    fig = new_figure(figsize=(14, 3.8))
+    axes = fig.subplots(1, 3)
     ax = axes[0]
     ax.plot([r["epoch"] for r in train], [r["loss"] for r in train], lw=1)
     ax.set_xlabel("epoch")
@@ -33,8 +30,4 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path) -> Path:
     axes[2].plot([r["epoch"] for r in evals], [r["accuracy"] for r in evals], marker="o")
     axes[2].set_xlabel("epoch")
     axes[2].set_ylabel("test accuracy")
-    fig.tight_layout()
-    out = Path(out_path)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out_path, dpi=110)

@@ -1,21 +1,39 @@
-"""Matplotlib (Agg) helpers for ``lbt`` tools. Importing this module selects the Agg backend."""
+"""Matplotlib helpers for ``lbt`` tools.
+
+Figures are ``matplotlib.figure.Figure`` objects drawn by their own ``FigureCanvasAgg``: no
+pyplot, no global backend switch, so importing or plotting never changes the caller's backend.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 if TYPE_CHECKING:
     from lbt.schedules.plan import Plan
 
 
-def plan_samples(plan: "Plan", max_points: int = 4000) -> dict[str, np.ndarray]:
+def new_figure(**kwargs: Any) -> Figure:
+    """A Figure with its own Agg canvas (``kwargs`` go to ``Figure``, e.g. ``figsize``)."""
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int) -> Path:
+    """Lay out ``fig`` and write it as a PNG to ``path`` (parent folders are created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
+def plan_samples(plan: Plan, max_points: int = 4000) -> dict[str, np.ndarray]:
     """Sample ε, B, m, g of ``plan`` over examples seen: every step start if the run has at most
     ``max_points`` steps, else evenly spaced points plus both sides of every phase boundary."""
     if plan.total_steps() <= max_points:
@@ -35,14 +53,13 @@ def plan_samples(plan: "Plan", max_points: int = 4000) -> dict[str, np.ndarray]:
     }
 
 
-def plot_plan(plan: "Plan", path: str | Path, title: str | None = None, baseline: "Plan | None" = None) -> Path:
+def plot_plan(plan: Plan, path: str | Path, title: str | None = None, baseline: Plan | None = None) -> Path:
     """Write ε, B and g versus epochs (3 stacked panels, log-y for B and g) to ``path``.
 
     ``baseline`` (e.g. the decay_lr plan) is drawn dashed for comparison.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(3, 1, figsize=(7, 7), sharex=True)
+    fig = new_figure(figsize=(7, 7))
+    axes = fig.subplots(3, 1, sharex=True)
     curves = [(plan, "-", "plan")] + ([(baseline, "--", "decay_lr baseline")] if baseline is not None else [])
     for p, style, label in curves:
         d = plan_samples(p)
@@ -61,7 +78,4 @@ def plot_plan(plan: "Plan", path: str | Path, title: str | None = None, baseline
     if baseline is not None:
         axes[0].legend(loc="best", fontsize=8)
     fig.suptitle(title or f"{plan.mode} ({plan.lr_name}): {plan.total_steps():,} optimizer steps", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=90)

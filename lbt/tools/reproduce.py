@@ -36,7 +36,7 @@ On a CPU the suite runs on **one** CPU device by default (``--num_cpu_devices`` 
 ``$LBT_NUM_CPU_DEVICES`` to change it). Simulated CPU devices are threads: they add no compute on
 a small machine, only collectives, and on a 2-core machine shared with other jobs an 8-device
 digits run once stalled for good in an all-reduce rendezvous (7 of 8 device threads waiting, 0%
-CPU; intermittent: the same run later finished normally). Ghost BN is defined by example index (DESIGN.md semantics 4), so the training semantics
+CPU; intermittent: the same run later finished normally). Ghost BN is defined by example index (docs/design.md, semantics 4), so the training semantics
 do not depend on the device count.
 """
 
@@ -53,8 +53,9 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 log = logging.getLogger("lbt")
 
@@ -81,14 +82,17 @@ def _load_file(name: str):
 
 
 def scale_epochs(config, epochs: float):
-    """A copy of ``config`` lasting ``epochs`` epochs, with the step milestones (and warmup)
-    scaled by the same ratio, so the schedule keeps its shape."""
+    """A copy of ``config`` lasting ``epochs`` epochs, with the LR step milestones, the warmup and
+    the momentum milestones scaled by the same ratio, so the schedule keeps its shape."""
     c = config.copy_and_resolve_references()
-    ratio = float(epochs) / float(c.schedule.epochs)
+    s = c.schedule
+    ratio = float(epochs) / float(s.epochs)
     with c.unlocked():
-        c.schedule.epochs = float(epochs)
-        c.schedule.lr.milestones = tuple(float(m) * ratio for m in c.schedule.lr.milestones)
-        c.schedule.lr.warmup_epochs = float(c.schedule.lr.warmup_epochs) * ratio
+        s.epochs = float(epochs)
+        s.lr.milestones = tuple(float(m) * ratio for m in s.lr.milestones)
+        s.lr.warmup_epochs = float(s.lr.warmup_epochs) * ratio
+        if "momentum_schedule" in s:
+            s.momentum_schedule.milestones = tuple(float(m) * ratio for m in s.momentum_schedule.milestones)
     return c
 
 
@@ -201,7 +205,12 @@ def run_suite(
             s = train(c, d, devices=devices)
             log.info(
                 "reproduce %s: %s seed %d: accuracy %.4f, %d steps, %.0f s",
-                suite, plan, seed, s["final_eval_accuracy"], s["optimizer_steps"], time.time() - t,
+                suite,
+                plan,
+                seed,
+                s["final_eval_accuracy"],
+                s["optimizer_steps"],
+                time.time() - t,
             )
     results = collect(workdir, suite, seeds, plans)
     results["suite_wall_s"] = time.time() - t0
@@ -247,7 +256,9 @@ def _binned_train_loss(train: list[dict[str, Any]], edges: list[float]) -> list[
     return [s / w if w else None for s, w in zip(sums, weights)]
 
 
-def collect(workdir: str | Path, suite: str, seeds: int, plans: Sequence[str] = PLANS, loss_bins: int = 60) -> dict[str, Any]:
+def collect(
+    workdir: str | Path, suite: str, seeds: int, plans: Sequence[str] = PLANS, loss_bins: int = 60
+) -> dict[str, Any]:
     """Read each run's summary.json and metrics.jsonl into per-plan results.
 
     Returns ``{"suite", "seeds", "N", "n_test", "epochs", "plans": {plan: {...}}}`` where each plan
@@ -263,7 +274,7 @@ def collect(workdir: str | Path, suite: str, seeds: int, plans: Sequence[str] = 
             summaries.append(json.loads((d / "summary.json").read_text()))
             recs = _read_jsonl(d / "metrics.jsonl")
             evals.append([r for r in recs if r.get("split") == "test"])
-            trains.append([r for r in recs if "split" not in r])
+            trains.append([r for r in recs if "split" not in r and "event" not in r])  # not resume/rollback/preempted
         config = json.loads((run_dir(workdir, suite, plan, 0) / "config.json").read_text())
         epochs = float(config["schedule"]["epochs"])
         first = trains[0]
@@ -298,7 +309,10 @@ def collect(workdir: str | Path, suite: str, seeds: int, plans: Sequence[str] = 
             "batches": [b for b, _ in phases],
             "lrs": [lr for _, lr in phases],
             "eval": eval_curve,
-            "train_loss": {"epoch": [epochs * (j + 0.5) / loss_bins for j in range(loss_bins)], "loss_mean": loss_mean},
+            "train_loss": {
+                "epoch": [epochs * (j + 0.5) / loss_bins for j in range(loss_bins)],
+                "loss_mean": loss_mean,
+            },
         }
     return out
 
@@ -368,12 +382,10 @@ def observations(results: dict[str, Any]) -> list[str]:
 
 def plot_suite(results: dict[str, Any], path: str | Path) -> Path:
     """Test accuracy vs epochs, test accuracy vs optimizer steps, train loss vs epochs."""
-    from lbt.tools import plots  # noqa: F401  (selects the Agg backend)
-    import matplotlib.pyplot as plt
+    from lbt.tools.plots import new_figure, save_figure
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig = new_figure(figsize=(15, 4.2))
+    axes = fig.subplots(1, 3)
     lows = []
     for plan, r in results["plans"].items():
         ev = r["eval"]
@@ -382,7 +394,13 @@ def plot_suite(results: dict[str, Any], path: str | Path) -> Path:
         std = [100 * s for s in ev["accuracy_std"]]
         label = f"{plan} ({_fmt_steps(r['steps'])} steps)"
         axes[0].plot(ev["epoch"], mean, marker=".", color=color, label=label)
-        axes[0].fill_between(ev["epoch"], [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], color=color, alpha=0.15)
+        axes[0].fill_between(
+            ev["epoch"],
+            [m - s for m, s in zip(mean, std)],
+            [m + s for m, s in zip(mean, std)],
+            color=color,
+            alpha=0.15,
+        )
         axes[1].plot(ev["step"], mean, marker=".", color=color, label=label)
         tl = r["train_loss"]
         pts = [(e, v) for e, v in zip(tl["epoch"], tl["loss_mean"]) if v is not None and v > 0]
@@ -407,10 +425,7 @@ def plot_suite(results: dict[str, Any], path: str | Path) -> Path:
     fig.suptitle(
         f"{results['suite']}: N={results['N']}, {results['epochs']:g} epochs, {results['seeds']} seed(s)", fontsize=10
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=90)
 
 
 _HEADER = """# Reproduction: decay the learning rate vs increase the batch size
@@ -475,7 +490,12 @@ def write_report(out: str | Path, section: str, suite: str) -> Path:
 
 
 def report(
-    results: dict[str, Any], out: str | Path, *, command: str, machine: str | None = None, date: str | None = None,
+    results: dict[str, Any],
+    out: str | Path,
+    *,
+    command: str,
+    machine: str | None = None,
+    date: str | None = None,
     wall_s: float | None = None,
 ) -> tuple[Path, Path]:
     """Write the plot and the suite's section of the report; returns (markdown, png) paths."""
@@ -493,8 +513,7 @@ def report(
 
 
 def describe_machine() -> str:
-    import os
-
+    """The machine in words, e.g. ``16-core x86_64 CPU, 1 CPU device (jax 0.4.x)``."""
     import jax
 
     devs = jax.devices()
@@ -511,7 +530,8 @@ def describe_machine() -> str:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="lbt reproduce", allow_abbrev=False,
+        prog="lbt reproduce",
+        allow_abbrev=False,
         description="Train decay_lr, increase_batch and hybrid plans of equal epochs for several seeds and report.",
     )
     p.add_argument("--suite", required=True, choices=SUITES)
@@ -520,8 +540,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="runs/reproduce", help="run directories (default runs/reproduce)")
     p.add_argument("--epochs", type=float, default=None, help="override the epochs (milestones scale with them)")
     p.add_argument("--eval_every_epochs", type=float, default=None, help="override the eval interval")
-    p.add_argument("--data", default=None, help=f"mnist: the .npz (default {DEFAULT_MNIST}); cifar10: the tfds data_dir (default: tfds's)")
-    p.add_argument("--num_cpu_devices", type=int, default=None, help="simulated CPU devices (default 1 or $LBT_NUM_CPU_DEVICES)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help=f"mnist: the .npz (default {DEFAULT_MNIST}); cifar10: the tfds data_dir (default: tfds's)",
+    )
+    p.add_argument(
+        "--num_cpu_devices", type=int, default=None, help="simulated CPU devices (default 1 or $LBT_NUM_CPU_DEVICES)"
+    )
     p.add_argument("--reuse", action="store_true", help="keep finished runs whose config is unchanged")
     return p
 

@@ -4,17 +4,22 @@ A checkpoint holds the replicated ``TrainState`` (params, BN statistics, optimiz
 metadata: ``examples_seen``, ``step``, the config hash and the config itself, the lbt version, the
 RNG state (the data order and augmentation are pure functions of ``seed`` and the position, so
 the seed *is* the RNG state), the skipped data windows, and a SHA-256 digest of the state that
-is checked on restore (DESIGN.md, semantics 6 and 7).
+is checked on restore (docs/design.md, semantics 6 and 7).
+
+:class:`SavePolicy` decides when to save: the interval in examples, the interval in minutes and
+SIGTERM, with the clock- and signal-driven decisions agreed across processes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -149,7 +154,9 @@ class Checkpointer:
 
     def _warn(self, step: int, e: Exception) -> str:
         reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-        log.warning("checkpoint %s is corrupt or incomplete (%s); trying an older one", self.directory / str(step), reason)
+        log.warning(
+            "checkpoint %s is corrupt or incomplete (%s); trying an older one", self.directory / str(step), reason
+        )
         return reason
 
     def _quarantine(self, steps: list[int]) -> None:
@@ -163,3 +170,70 @@ class Checkpointer:
             if src.exists():
                 shutil.move(str(src), str(dest / f"{s}.{int(time.time())}"))
         self.manager.reload()
+
+
+# ---------------------------------------------------------------------------------------------
+# When to save
+
+
+def next_multiple(x: int, every: int) -> int | None:
+    """The smallest multiple of ``every`` strictly greater than ``x`` (None if ``every`` is 0)."""
+    return (x // every + 1) * every if every else None
+
+
+def checkpoint_interval(config: Any, N: int) -> int:
+    """Checkpoint interval in examples from checkpoint.every_examples / every_epochs (0 = off)."""
+    options = [int(config.checkpoint.every_examples)] if config.checkpoint.every_examples else []
+    if config.checkpoint.every_epochs:
+        options.append(max(1, int(round(config.checkpoint.every_epochs * N))))
+    return min(options) if options else 0
+
+
+def agree_any(flags: list[bool]) -> list[bool]:
+    """Each flag true on every process if it is true on any (a collective when multi-process)."""
+    if jax.process_count() == 1:
+        return [bool(f) for f in flags]
+    from jax.experimental import multihost_utils
+
+    gathered = np.asarray(multihost_utils.process_allgather(np.asarray(flags, np.int32)))
+    return [bool(v) for v in gathered.reshape(-1, len(flags)).any(axis=0)]
+
+
+@dataclasses.dataclass(frozen=True)
+class SaveDecision:
+    save: bool = False
+    preempt: bool = False  # SIGTERM: save now, then exit
+
+
+class SavePolicy:
+    """When to save, as a function of examples seen, the clock and SIGTERM (Levanter's
+    ``Checkpointer.on_step`` plays this role there).
+
+    The interval in examples is deterministic, so every process decides it alike. The clock and
+    signals differ between processes: they are only consulted at ``sync`` steps (the loop's log
+    steps), where the flags are agreed across processes with :func:`agree_any`.
+    """
+
+    def __init__(self, config: Any, N: int, examples_seen: int, clock: Callable[[], float] = time.time):
+        self.every = checkpoint_interval(config, N)
+        self.minutes = float(config.checkpoint.every_minutes)
+        self.clock = clock
+        self.next_at = next_multiple(examples_seen, self.every)
+
+    def interval_due(self, examples_seen: int, total: int) -> bool:
+        """True at the first step boundary past a multiple of the interval (not at the end)."""
+        return self.next_at is not None and total > examples_seen >= self.next_at
+
+    def decide(
+        self, examples_seen: int, total: int, *, sync: bool, preempt_requested: bool, last_save_time: float
+    ) -> SaveDecision:
+        due = self.interval_due(examples_seen, total)
+        if not sync:
+            return SaveDecision(save=due)
+        time_due = self.minutes > 0 and self.clock() - last_save_time >= 60 * self.minutes
+        preempt, time_due = agree_any([preempt_requested, time_due])
+        return SaveDecision(save=due or time_due, preempt=preempt)
+
+    def saved(self, examples_seen: int) -> None:
+        """A checkpoint was written at ``examples_seen``: the next one is one interval on."""
+        self.next_at = next_multiple(examples_seen, self.every)

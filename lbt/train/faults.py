@@ -1,4 +1,7 @@
-"""Fault injection hooks for testing fault handling end to end (off unless the env var is set).
+"""Fault injection for testing fault handling end to end (off unless asked for).
+
+The :class:`Trainer` takes a :class:`Faults`; nothing in the loop reads the environment. The CLI
+builds one from these variables (:meth:`Faults.from_env`), so subprocess tests can inject faults:
 
 * ``LBT_FAULT_NAN_AT_EXAMPLES=p``: the microbatch that contains global position p gets NaN
   images, so the loss and gradients of that step are non-finite (the real failure path).
@@ -8,23 +11,32 @@
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import time
-from typing import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
 
-def _int_env(name: str) -> int | None:
-    v = os.environ.get(name)
-    return int(v) if v not in (None, "") else None
+def _int_or_none(value: str | None) -> int | None:
+    return int(value) if value not in (None, "") else None
 
 
+@dataclasses.dataclass(frozen=True)
 class Faults:
-    def __init__(self) -> None:
-        self.nan_at = _int_env("LBT_FAULT_NAN_AT_EXAMPLES")
-        self.pause_at = _int_env("LBT_FAULT_PAUSE_AT_STEP")
-        self.pause_s = float(os.environ.get("LBT_FAULT_PAUSE_S", "120"))
+    """Injected faults: NaN images at one position, a pause after one step."""
+
+    nan_at: int | None = None
+    pause_at: int | None = None
+    pause_s: float = 120.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Faults:
+        return cls(
+            nan_at=_int_or_none(environ.get("LBT_FAULT_NAN_AT_EXAMPLES")),
+            pause_at=_int_or_none(environ.get("LBT_FAULT_PAUSE_AT_STEP")),
+            pause_s=float(environ.get("LBT_FAULT_PAUSE_S", "120")),
+        )
 
     def corrupt(self, position: int, microbatch: int, images: np.ndarray) -> np.ndarray:
         if self.nan_at is not None and position <= self.nan_at < position + microbatch:

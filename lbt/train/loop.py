@@ -1,72 +1,75 @@
 """The training loop: the side-effecting part (data, programs, metrics, eval, checkpoints).
 
-Progress is measured in examples seen. At each optimizer step the Plan gives the global batch
-B, the LR and the momentum; the step runs k = B / M ``accum`` calls and one ``apply``.
+Progress is measured in examples seen. One step of :meth:`Trainer.run` reads: plan point ->
+k = B / M ``accum`` calls -> ``apply`` -> record -> hooks (metrics flush and the non-finite
+policy, eval, checkpoint and preemption). The mutable state of a run is one :class:`RunState`;
+the periodic decisions live beside what they decide (:class:`~lbt.train.evaluate.EvalSchedule`,
+:class:`~lbt.train.checkpoint.SavePolicy`, :class:`~lbt.train.metrics.PendingMetrics`).
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
+import dataclasses
 import json
 import logging
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from lbt import config as config_lib
-from lbt.data.pipeline import TrainStream, eval_batches
-from lbt.data.sources import load_splits
+from lbt.data.pipeline import TrainStream
+from lbt.data.registry import load_splits, train_size
 from lbt.errors import TrainingError
-from lbt.models import create_model
-from lbt.parallel.accumulate import TrainPrograms, TrainState, build_programs
-from lbt.parallel.ghost_bn import GhostBatchNorm
-from lbt.parallel.mesh import DATA, global_batch_array, host_value, make_mesh, replicated
-from lbt.schedules.plan import Plan, make_plan
-from lbt.train.checkpoint import Checkpointer, CheckpointError, config_differences, state_digest
+from lbt.models import build_model
+from lbt.parallel.accumulate import TrainPrograms, build_programs
+from lbt.parallel.mesh import global_batch_array, make_mesh
+from lbt.schedules.plan import Plan, PlanPoint
+from lbt.train.checkpoint import Checkpointer, CheckpointError, SavePolicy, config_differences, state_digest
 from lbt.train.compiles import CompileCounter
+from lbt.train.evaluate import EvalSchedule, eval_interval, evaluate
 from lbt.train.faults import Faults
-from lbt.train.metrics import MetricsWriter
+from lbt.train.metrics import MetricsWriter, PendingMetrics, TrainClock
 from lbt.train.optim import make_optimizer
+from lbt.train.state import TrainState, abstract_state, init_state
 
 log = logging.getLogger("lbt")
 
 
-def compute_dtype(config) -> Any:
-    return jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
+@dataclasses.dataclass
+class RunState:
+    """Everything a run changes from step to step; checkpoints store it (with the state)."""
+
+    train_state: TrainState
+    acc: Any  # per-device gradient / BN accumulators (zero between steps)
+    examples_seen: int = 0
+    step: int = 0
+    skip_windows: list[list[int]] = dataclasses.field(default_factory=list)
+    rollbacks: int = 0
+
+    def skipped_examples(self) -> int:
+        return sum(w[1] - w[0] for w in self.skip_windows)
 
 
-def build_model(config, num_classes: int, num_devices: int):
-    """The model with ghost BN wired to the ``data`` axis of ``num_devices`` devices."""
-    ghost, _ = config_lib.ghost_layout(config.model.ghost_batch_size, config.train.global_microbatch, num_devices)
-    norm = functools.partial(
-        GhostBatchNorm,
-        ghost_size=ghost,
-        axis_name=DATA,
-        num_devices=num_devices,
-        momentum=config.model.bn_momentum,
-        epsilon=config.model.bn_epsilon,
-        dtype=compute_dtype(config),
-    )
-    return create_model(config, num_classes, norm, compute_dtype(config))
+@dataclasses.dataclass
+class _Io:
+    """The run's services: data, metrics, progress, checkpoints, schedules, signals, clock."""
 
-
-def initial_state(model, tx, image_shape: tuple[int, ...], seed: int) -> TrainState:
-    """The initial params, BN statistics and optimizer state (a pure function of the seed)."""
-    variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False)
-    params = variables["params"]
-    stats = variables.get("batch_stats", {})
-    return TrainState(params=params, batch_stats=stats, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32))
-
-
-def init_state(model, tx, mesh, image_shape: tuple[int, ...], seed: int) -> TrainState:
-    """:func:`initial_state`, replicated over ``mesh`` (same on every process)."""
-    return jax.jit(lambda: initial_state(model, tx, image_shape, seed), out_shardings=replicated(mesh))()
+    ckpt: Checkpointer
+    writer: MetricsWriter
+    pending: PendingMetrics
+    progress: Any
+    batches: Iterator
+    evals: EvalSchedule
+    saves: SavePolicy
+    preempt: _PreemptionFlag
+    clock: TrainClock
 
 
 class Trainer:
@@ -80,17 +83,22 @@ class Trainer:
         counter: CompileCounter | None = None,
         devices: list | None = None,
         allow_config_change: bool = False,
+        faults: Faults | None = None,
     ):
-        self.allow_config_change = allow_config_change
         self.config = config
         self.workdir = Path(workdir)
+        self.allow_config_change = allow_config_change
+        self.faults = faults or Faults()
+        self._owns_counter = counter is None
         self.counter = counter or CompileCounter()
         self.primary = jax.process_index() == 0
-        self.splits = load_splits(config)
-        self.N = len(self.splits.train)
         self.num_devices = len(devices) if devices is not None else jax.device_count()
-        config_lib.validate(config, num_devices=self.num_devices, num_train=self.N)
-        self.plan: Plan = make_plan(config, self.N)
+        self.N = train_size(config)
+        # Validate everything and build the Plan once, before any data is loaded.
+        self.plan: Plan = config_lib.validate(config, num_devices=self.num_devices, num_train=self.N)
+        self.splits = load_splits(config)
+        if len(self.splits.train) != self.N:
+            raise TrainingError(f"the train split has {len(self.splits.train)} examples, expected N={self.N}")
         self.M = int(config.train.global_microbatch)
         self.mesh = make_mesh(devices)
         self.model = build_model(config, self.splits.num_classes, self.num_devices)
@@ -106,38 +114,190 @@ class Trainer:
         self.stream = TrainStream(self.splits.train, config.seed, self.M, jax.process_index(), jax.process_count())
 
     # -------------------------------------------------------------------------------------
-    def evaluate(self, state: TrainState) -> dict[str, float]:
-        """Accuracy and loss over the whole test split, exactly once (last batch padded, masked)."""
-        totals = {"correct": 0.0, "loss": 0.0, "count": 0.0}
-        for images, labels, mask in eval_batches(self.splits.test, self.M, jax.process_index(), jax.process_count()):
-            out = self.programs.evaluate(
-                state,
-                global_batch_array(self.mesh, images, self.M),
-                global_batch_array(self.mesh, labels, self.M),
-                global_batch_array(self.mesh, mask, self.M),
-            )
-            for k in totals:
-                totals[k] += float(host_value(out[k]))
-        n = totals["count"]
-        return {"accuracy": totals["correct"] / n, "loss": totals["loss"] / n, "count": int(n)}
+    def run(self) -> dict[str, Any]:
+        """Train to the end of the plan (resuming from the workdir) and return the summary."""
+        t0 = time.time()
+        total = self.plan.total_examples
+        with contextlib.ExitStack() as stack:
+            stack.callback(self._close_counter)
+            ckpt = Checkpointer(self.workdir, keep=self.config.checkpoint.keep)
+            stack.callback(ckpt.close)
+            rs, resumed = self._start(ckpt)
+            io = self._open_io(stack, ckpt, rs, resumed)
+            while rs.examples_seen < total:
+                if self._skip_bad_window(rs, io):
+                    continue
+                point = self.plan.at(rs.examples_seen)
+                compiled = self._train_step(rs, io, point)
+                io.clock.step(point.global_batch, compiled)
+                sync = rs.step % self.config.train.log_every_steps == 0 or rs.examples_seen >= total
+                eval_due = io.evals.due(rs.examples_seen, total)
+                if (
+                    sync
+                    or eval_due
+                    or io.saves.interval_due(rs.examples_seen, total)
+                    or self.faults.pause_at is not None
+                ):
+                    if self._flush(rs, io):  # rolled back: the loop goes on from the restored step
+                        continue
+                    self.faults.maybe_pause(rs.step, stop=lambda: io.preempt.requested)
+                if eval_due:
+                    self._write_eval(io.writer, rs)
+                    io.evals.done(rs.examples_seen)
+                    io.clock.skip()
+                self._checkpoint_hook(rs, io, sync)
+            io.pending.flush(self._train_extra())
+            io.clock.finish()
+            if io.progress is not None:
+                io.progress.close()
+            last_eval = self._write_eval(io.writer, rs)
+            io.ckpt.save(rs.step, rs.train_state, self._meta(rs))
+            io.ckpt.wait()
+            digest = state_digest(rs.train_state)
+        summary = self._summary(rs, last_eval, digest, resumed=resumed, wall_s=time.time() - t0, clock=io.clock)
+        self._write_summary(summary)
+        return summary
 
     # -------------------------------------------------------------------------------------
-    def _abstract_state(self) -> Any:
-        """Shapes, dtypes and (replicated) shardings of the state, for restoring checkpoints."""
-        shapes = jax.eval_shape(
-            lambda: initial_state(self.model, self.tx, self.splits.train.image_shape, self.config.seed)
+    # Pieces of a step
+
+    def _train_step(self, rs: RunState, io: _Io, point: PlanPoint) -> bool:
+        """k ``accum`` calls and one ``apply``; queue the step's record. True if it compiled."""
+        B = point.global_batch
+        k = B // self.M
+        compiles = self.counter.train
+        with self.counter.training():
+            for _ in range(k):
+                pos, (images, labels) = next(io.batches)
+                images = self.faults.corrupt(pos, self.M, images)
+                rs.acc = self.programs.accum(
+                    rs.train_state,
+                    rs.acc,
+                    global_batch_array(self.mesh, images, self.M),
+                    global_batch_array(self.mesh, labels, self.M),
+                )
+            rs.train_state, rs.acc, dev_metrics = self.programs.apply(
+                rs.train_state, rs.acc, np.int32(k), np.float32(point.lr), np.float32(point.momentum)
+            )
+        record = {
+            "step": rs.step + 1,
+            "examples_seen": rs.examples_seen + B,
+            "epoch": (rs.examples_seen + B) / self.N,
+            "global_batch": B,
+            "microbatches": k,
+            "phase": point.phase,
+            "lr": point.lr,
+            "momentum": point.momentum,
+            "noise_scale": point.noise_scale,
+        }
+        io.pending.add(record, dev_metrics)
+        rs.examples_seen += B
+        rs.step += 1
+        if io.progress is not None:
+            io.progress.update(B)
+        return self.counter.train != compiles
+
+    def _train_extra(self) -> dict[str, Any]:
+        return {"corrupt_skipped": self.splits.train.corrupt_count}
+
+    def _skip_bad_window(self, rs: RunState, io: _Io) -> bool:
+        """At the start of data that produced a non-finite step, jump past it (True if so)."""
+        window = next((w for w in rs.skip_windows if w[0] == rs.examples_seen), None)
+        if window is None:
+            return False
+        rs.examples_seen = window[1]
+        self._reopen_batches(rs, io)
+        return True
+
+    def _reopen_batches(self, rs: RunState, io: _Io) -> None:
+        io.batches.close()
+        io.batches = self.stream.iterate(rs.examples_seen)
+
+    def _flush(self, rs: RunState, io: _Io) -> bool:
+        """Write pending records and apply the non-finite policy; True if the run rolled back."""
+        bad = io.pending.flush(self._train_extra())
+        if bad is None:
+            return False
+        if self.config.train.on_nonfinite == "stop":
+            io.writer.flush()
+            raise TrainingError(
+                f"non-finite loss or gradient at step {bad['step']} (examples_seen "
+                f"{bad['examples_seen'] - bad['global_batch']}..{bad['examples_seen']}); the update was skipped and "
+                f"training stopped (train.on_nonfinite='stop'). The last good checkpoint is kept in "
+                f"{io.ckpt.directory}. Lower schedule.base_lr, or set train.on_nonfinite='rollback'."
+            )
+        self._rollback(rs, io, bad)
+        return True
+
+    def _rollback(self, rs: RunState, io: _Io, bad: dict[str, Any]) -> None:
+        """Restore the newest checkpoint before the bad step (or the initial state) and skip
+        the bad step's data from then on."""
+        window = [bad["examples_seen"] - bad["global_batch"], bad["examples_seen"]]
+        io.ckpt.wait()
+        restored = self._resume(io.ckpt, below=bad["step"])
+        rs.rollbacks += 1
+        if restored is None:
+            rs.train_state, rs.examples_seen, rs.step = self._init_state(), 0, 0
+        else:
+            rs.train_state, meta = restored
+            rs.examples_seen, rs.step = int(meta["examples_seen"]), int(meta["step"])
+        rs.skip_windows = [list(w) for w in sorted({tuple(w) for w in rs.skip_windows} | {tuple(window)})]
+        rs.acc = self.programs.zeros_acc(rs.train_state)
+        io.writer.truncate_after(rs.examples_seen)
+        io.writer.write(
+            {
+                "event": "rollback",
+                "bad_step": bad["step"],
+                "skipped_window": window,
+                "restored_step": rs.step,
+                "examples_seen": rs.examples_seen,
+                "rollbacks": rs.rollbacks,
+            }
         )
-        rep = replicated(self.mesh)
-        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), shapes)
+        log.warning(
+            "non-finite step %d: rolled back to step %d (examples_seen %d), skipping examples %d..%d",
+            bad["step"],
+            rs.step,
+            rs.examples_seen,
+            window[0],
+            window[1],
+        )
+        self._reopen_batches(rs, io)
+        io.evals = EvalSchedule(io.evals.every, rs.examples_seen)
+        io.saves = SavePolicy(self.config, self.N, rs.examples_seen)
+        if io.progress is not None:
+            io.progress.reset(total=self.plan.total_examples)
+            io.progress.update(rs.examples_seen)
 
-    def _agree(self, flags: list[bool]) -> list[bool]:
-        """Each flag true on every process if it is true on any (a collective when multi-process)."""
-        if jax.process_count() == 1:
-            return [bool(f) for f in flags]
-        from jax.experimental import multihost_utils
+    def _checkpoint_hook(self, rs: RunState, io: _Io, sync: bool) -> None:
+        """Save when the policy says so; on an agreed SIGTERM save, then raise :class:`Preempted`."""
+        decision = io.saves.decide(
+            rs.examples_seen,
+            self.plan.total_examples,
+            sync=sync,
+            preempt_requested=io.preempt.requested,
+            last_save_time=io.ckpt.last_save_time,
+        )
+        if decision.preempt:
+            io.pending.flush(self._train_extra())
+            io.ckpt.save(rs.step, rs.train_state, self._meta(rs))
+            io.ckpt.wait()
+            io.writer.write({"event": "preempted", "step": rs.step, "examples_seen": rs.examples_seen})
+            io.writer.flush()
+            log.warning(
+                "SIGTERM: saved a checkpoint at step %d (examples_seen %d); exiting", rs.step, rs.examples_seen
+            )
+            raise Preempted(rs.step, rs.examples_seen)
+        if decision.save:
+            io.ckpt.save(rs.step, rs.train_state, self._meta(rs))
+            io.saves.saved(rs.examples_seen)
+            io.clock.skip()
 
-        gathered = np.asarray(multihost_utils.process_allgather(np.asarray(flags, np.int32)))
-        return [bool(v) for v in gathered.reshape(-1, len(flags)).any(axis=0)]
+    # -------------------------------------------------------------------------------------
+    # Start and end of a run
+
+    def _init_state(self) -> TrainState:
+        return init_state(self.model, self.tx, self.mesh, self.splits.train.image_shape, self.config.seed)
 
     def _check_meta(self, meta: dict[str, Any]) -> None:
         """Refuse a checkpoint whose config differs (unless allow_config_change)."""
@@ -152,266 +312,162 @@ class Trainer:
         if diffs:
             log.warning("resuming with config changes (allowed): %s", "; ".join(diffs))
 
+    def abstract_state(self) -> Any:
+        """Shapes, dtypes and shardings of this run's state (the target of a restore)."""
+        return abstract_state(self.model, self.tx, self.mesh, self.splits.train.image_shape, self.config.seed)
+
     def _resume(self, ckpt: Checkpointer, below: int | None = None):
         """Restore the newest good checkpoint (config checked first), or None."""
-        return ckpt.restore_latest(self._abstract_state(), below=below, check_meta=self._check_meta)
+        return ckpt.restore_latest(self.abstract_state(), below=below, check_meta=self._check_meta)
 
-    def run(self) -> dict[str, Any]:
-        t0 = time.time()
-        cfg = self.config
-        ckpt = Checkpointer(self.workdir, keep=cfg.checkpoint.keep)
-        faults = Faults()
-        total = self.plan.total_examples
-        skip_windows: list[list[int]] = []
-        rollbacks = 0
+    def _start(self, ckpt: Checkpointer) -> tuple[RunState, bool]:
+        """The run state from the newest good checkpoint, or the initial one; and whether resumed."""
+        resumed = self._resume(ckpt)
+        if resumed is None:
+            state = self._init_state()
+            return RunState(state, self.programs.zeros_acc(state)), False
+        state, meta = resumed
+        rs = RunState(
+            state,
+            self.programs.zeros_acc(state),
+            examples_seen=int(meta["examples_seen"]),
+            step=int(meta["step"]),
+            skip_windows=[list(w) for w in meta.get("skip_windows", [])],
+            rollbacks=int(meta.get("rollbacks", 0)),
+        )
+        return rs, True
 
-        try:
-            resumed = self._resume(ckpt)
-        except BaseException:
-            ckpt.close()
-            raise
+    def _open_io(self, stack: contextlib.ExitStack, ckpt: Checkpointer, rs: RunState, resumed: bool) -> _Io:
+        """Open the run's services (closed by ``stack``) and log the start or the resume."""
         writer = MetricsWriter(self.workdir, enabled=self.primary)
-        if resumed is not None:
-            state, meta = resumed
-            examples_seen, step = int(meta["examples_seen"]), int(meta["step"])
-            skip_windows = [list(w) for w in meta.get("skip_windows", [])]
-            rollbacks = int(meta.get("rollbacks", 0))
-            writer.truncate_after(examples_seen)
-            writer.write({"event": "resume", "step": step, "examples_seen": examples_seen, "epoch": examples_seen / self.N})
+        stack.callback(writer.close)
+        if resumed:
+            writer.truncate_after(rs.examples_seen)
+            epoch = rs.examples_seen / self.N
+            writer.write({"event": "resume", "step": rs.step, "examples_seen": rs.examples_seen, "epoch": epoch})
             log.info(
                 "resumed from %s at step %d, examples_seen %d (epoch %.3f)",
-                ckpt.directory / str(meta["step"]), step, examples_seen, examples_seen / self.N,
+                ckpt.directory / str(rs.step),
+                rs.step,
+                rs.examples_seen,
+                epoch,
             )
-        else:
-            state = init_state(self.model, self.tx, self.mesh, self.splits.train.image_shape, cfg.seed)
-            examples_seen, step = 0, 0
         if self.primary:
-            (self.workdir / "config.json").write_text(config_lib.to_json(cfg))
+            (self.workdir / "config.json").write_text(config_lib.to_json(self.config))
         log.info(
             "plan: N=%d, M=%d, %d phases, %d optimizer steps, %d examples",
-            self.N, self.M, len(self.plan.phases), self.plan.total_steps(), total,
+            self.N,
+            self.M,
+            len(self.plan.phases),
+            self.plan.total_steps(),
+            self.plan.total_examples,
         )
-        acc = self.programs.zeros_acc(state)
-        eval_every = int(round(cfg.train.eval_every_epochs * self.N)) if cfg.train.eval_every_epochs > 0 else 0
-        ck_every = _checkpoint_interval(cfg, self.N)
-        next_eval = _next_multiple(examples_seen, eval_every)
-        next_ckpt = _next_multiple(examples_seen, ck_every)
-        pbar = _progress(total, examples_seen, enabled=self.primary and cfg.train.progress)
-        pending: list[tuple[dict[str, Any], dict[str, jax.Array]]] = []
+        progress = _progress(self.plan.total_examples, rs.examples_seen, self.primary and self.config.train.progress)
         preempt = _PreemptionFlag()
-        batches = self.stream.iterate(examples_seen)
-        t_steps, ex_start = time.time(), examples_seen
+        stack.callback(preempt.restore)
+        io = _Io(
+            ckpt=ckpt,
+            writer=writer,
+            pending=PendingMetrics(writer, progress),
+            progress=progress,
+            batches=self.stream.iterate(rs.examples_seen),
+            evals=EvalSchedule(eval_interval(self.config, self.N), rs.examples_seen),
+            saves=SavePolicy(self.config, self.N, rs.examples_seen),
+            preempt=preempt,
+            clock=TrainClock(),
+        )
+        stack.callback(lambda: io.batches.close())  # the iterator is replaced on rollback
+        return io
 
-        def meta() -> dict[str, Any]:
-            return {
-                "examples_seen": examples_seen,
-                "step": step,
-                "epoch": examples_seen / self.N,
-                "config_hash": config_lib.config_hash(cfg),
-                "config": json.loads(config_lib.to_json(cfg)),
-                "rng": {"seed": int(cfg.seed), "data_order": "philox(seed, epoch) permutation", "position": examples_seen},
-                "skip_windows": skip_windows,
-                "rollbacks": rollbacks,
-                "devices": self.num_devices,
-                "processes": jax.process_count(),
-            }
-
-        def flush_pending() -> dict[str, Any] | None:
-            """Write pending records; return the first non-finite record (later ones are dropped)."""
-            bad = None
-            for rec, dev in pending:
-                rec.update(loss=float(host_value(dev["loss"])), grad_norm=float(host_value(dev["grad_norm"])))
-                rec["skipped_nonfinite"] = not bool(host_value(dev["finite"]))
-                if hasattr(self.splits.train, "corrupt_count"):  # tfds, dataset.on_corrupt='skip'
-                    rec["corrupt_skipped"] = self.splits.train.corrupt_count
-                writer.write(rec, tb_step=rec["examples_seen"], prefix="train/")
-                if rec["skipped_nonfinite"]:
-                    bad = rec
-                    break
-            if pending and pbar is not None:
-                last = (bad or pending[-1][0])
-                pbar.set_postfix(loss=f"{last['loss']:.4f}", B=last["global_batch"], lr=f"{last['lr']:.4g}")
-            pending.clear()
-            return bad
-
-        try:
-            while examples_seen < total:
-                window = next((w for w in skip_windows if w[0] == examples_seen), None)
-                if window is not None:  # data that produced a non-finite step: skip it
-                    examples_seen = window[1]
-                    batches.close()
-                    batches = self.stream.iterate(examples_seen)
-                    continue
-                point = self.plan.at(examples_seen)
-                B = point.global_batch
-                k = B // self.M
-                with self.counter.training():
-                    for _ in range(k):
-                        pos, (images, labels) = next(batches)
-                        images = faults.corrupt(pos, self.M, images)
-                        acc = self.programs.accum(
-                            state,
-                            acc,
-                            global_batch_array(self.mesh, images, self.M),
-                            global_batch_array(self.mesh, labels, self.M),
-                        )
-                    state, acc, dev_metrics = self.programs.apply(
-                        state, acc, np.int32(k), np.float32(point.lr), np.float32(point.momentum)
-                    )
-                record = {
-                    "step": step + 1,
-                    "examples_seen": examples_seen + B,
-                    "epoch": (examples_seen + B) / self.N,
-                    "global_batch": B,
-                    "microbatches": k,
-                    "phase": point.phase,
-                    "lr": point.lr,
-                    "momentum": point.momentum,
-                    "noise_scale": point.noise_scale,
-                }
-                pending.append((record, dev_metrics))
-                if len(pending) >= 2:
-                    # Bound async dispatch to one step ahead. A deep queue of collective programs
-                    # (e.g. log_every_steps=1000) deadlocked XLA:CPU's simulated devices in an
-                    # all-reduce rendezvous; one step of lookahead keeps the devices busy.
-                    jax.block_until_ready(pending[-2][1]["loss"])
-                examples_seen += B
-                step += 1
-                if pbar is not None:
-                    pbar.update(B)
-                sync = step % cfg.train.log_every_steps == 0 or examples_seen >= total
-                eval_due = next_eval is not None and examples_seen >= next_eval and examples_seen < total
-                ckpt_due = next_ckpt is not None and examples_seen >= next_ckpt and examples_seen < total
-                if sync or eval_due or ckpt_due or faults.pause_at is not None:
-                    bad = flush_pending()
-                    if bad is not None:
-                        if cfg.train.on_nonfinite == "stop":
-                            writer.flush()
-                            raise TrainingError(
-                                f"non-finite loss or gradient at step {bad['step']} (examples_seen "
-                                f"{bad['examples_seen'] - bad['global_batch']}..{bad['examples_seen']}); the update was skipped and "
-                                f"training stopped (train.on_nonfinite='stop'). The last good checkpoint is kept in {ckpt.directory}. "
-                                "Lower schedule.base_lr, or set train.on_nonfinite='rollback'."
-                            )
-                        # rollback: restore the newest checkpoint before the bad step, skip its data
-                        window = [bad["examples_seen"] - bad["global_batch"], bad["examples_seen"]]
-                        ckpt.wait()
-                        restored = self._resume(ckpt, below=bad["step"])
-                        rollbacks += 1
-                        if restored is None:
-                            state, examples_seen, step = (
-                                init_state(self.model, self.tx, self.mesh, self.splits.train.image_shape, cfg.seed), 0, 0,
-                            )
-                        else:
-                            state, m = restored
-                            examples_seen, step = int(m["examples_seen"]), int(m["step"])
-                        skip_windows = sorted({tuple(w) for w in skip_windows} | {tuple(window)})
-                        skip_windows = [list(w) for w in skip_windows]
-                        acc = self.programs.zeros_acc(state)
-                        writer.truncate_after(examples_seen)
-                        writer.write({
-                            "event": "rollback", "bad_step": bad["step"], "skipped_window": window,
-                            "restored_step": step, "examples_seen": examples_seen, "rollbacks": rollbacks,
-                        })
-                        log.warning(
-                            "non-finite step %d: rolled back to step %d (examples_seen %d), skipping examples %d..%d",
-                            bad["step"], step, examples_seen, window[0], window[1],
-                        )
-                        batches.close()
-                        batches = self.stream.iterate(examples_seen)
-                        next_eval = _next_multiple(examples_seen, eval_every)
-                        next_ckpt = _next_multiple(examples_seen, ck_every)
-                        if pbar is not None:
-                            pbar.reset(total=total)
-                            pbar.update(examples_seen)
-                        continue
-                    faults.maybe_pause(step, stop=lambda: preempt.requested)
-                if eval_due:
-                    self._write_eval(writer, state, examples_seen, step)
-                    next_eval = _next_multiple(examples_seen, eval_every)
-                if sync:  # decisions from clocks and signals are agreed across processes
-                    minutes = cfg.checkpoint.every_minutes
-                    time_due = minutes > 0 and time.time() - ckpt.last_save_time >= 60 * minutes
-                    preempt_now, time_due = self._agree([preempt.requested, time_due])
-                    ckpt_due = ckpt_due or time_due
-                else:
-                    preempt_now = False
-                if preempt_now:
-                    flush_pending()
-                    ckpt.save(step, state, meta())
-                    ckpt.wait()
-                    writer.write({"event": "preempted", "step": step, "examples_seen": examples_seen})
-                    writer.flush()
-                    log.warning("SIGTERM: saved a checkpoint at step %d (examples_seen %d); exiting", step, examples_seen)
-                    raise Preempted(step, examples_seen)
-                if ckpt_due:
-                    ckpt.save(step, state, meta())
-                    next_ckpt = _next_multiple(examples_seen, ck_every)
-            flush_pending()
-            train_s = time.time() - t_steps
-            if pbar is not None:
-                pbar.close()
-            last_eval = self._write_eval(writer, state, examples_seen, step)
-            ckpt.save(step, state, meta())
-            ckpt.wait()
-            digest = state_digest(state)
-        finally:
-            preempt.restore()
-            batches.close()
-            ckpt.close()
-            writer.close()
-        summary = {
-            "final_eval_accuracy": last_eval["accuracy"],
-            "final_eval_loss": last_eval["loss"],
-            "optimizer_steps": step,
-            "examples_seen": examples_seen,
-            "train_compilations": self.counter.train,
-            "wall_s": time.time() - t0,
-            "train_examples_per_s": (examples_seen - ex_start) / max(train_s, 1e-9),
+    def _meta(self, rs: RunState) -> dict[str, Any]:
+        """Checkpoint metadata: the position, the config, and what the loop needs to resume."""
+        cfg = self.config
+        return {
+            "examples_seen": rs.examples_seen,
+            "step": rs.step,
+            "epoch": rs.examples_seen / self.N,
+            "config_hash": config_lib.config_hash(cfg),
+            "config": json.loads(config_lib.to_json(cfg)),
+            "rng": {
+                "seed": int(cfg.seed),
+                "data_order": "philox(seed, epoch) permutation",
+                "position": rs.examples_seen,
+            },
+            "skip_windows": rs.skip_windows,
+            "rollbacks": rs.rollbacks,
             "devices": self.num_devices,
             "processes": jax.process_count(),
-            "config_name": cfg.name,
-            "resumed": resumed is not None,
-            "rollbacks": rollbacks,
-            "skipped_examples": sum(w[1] - w[0] for w in skip_windows),
-            "corrupt_examples_skipped": self.corrupt_skipped(),
+        }
+
+    def _summary(
+        self,
+        rs: RunState,
+        last_eval: dict[str, float],
+        digest: str,
+        *,
+        resumed: bool,
+        wall_s: float,
+        clock: TrainClock,
+    ) -> dict[str, Any]:
+        return {
+            "final_eval_accuracy": last_eval["accuracy"],
+            "final_eval_loss": last_eval["loss"],
+            "optimizer_steps": rs.step,
+            "examples_seen": rs.examples_seen,
+            "train_compilations": self.counter.train,
+            "wall_s": wall_s,
+            # steps only: eval, checkpoint and compile time excluded (TrainClock)
+            "train_examples_per_s": clock.examples_per_s,
+            "devices": self.num_devices,
+            "processes": jax.process_count(),
+            "config_name": self.config.name,
+            "resumed": resumed,
+            "rollbacks": rs.rollbacks,
+            "skipped_examples": rs.skipped_examples(),
+            "corrupt_examples_skipped": {
+                "train": self.splits.train.corrupt_count,
+                "test": self.splits.test.corrupt_count,
+            },
             "final_state_sha256": digest,
         }
-        if self.primary:
-            (self.workdir / "summary.json").write_text(json.dumps(summary, indent=2))
-            try:
-                from lbt.tools.curves import plot_curves
 
-                plot_curves(self.workdir / "metrics.jsonl", self.workdir / "curves.png")
-            except Exception as e:  # plotting must never fail a finished run
-                log.warning("could not plot curves: %s", e)
-        self.final_state = state
-        return summary
+    def _write_summary(self, summary: dict[str, Any]) -> None:
+        if not self.primary:
+            return
+        (self.workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+        try:
+            from lbt.tools.curves import plot_curves
 
-    def corrupt_skipped(self) -> dict[str, int]:
-        """Distinct corrupt examples this process met and skipped, per split (``on_corrupt='skip'``)."""
-        return {
-            split: int(getattr(src, "corrupt_count", 0))
-            for split, src in (("train", self.splits.train), ("test", self.splits.test))
-        }
+            plot_curves(self.workdir / "metrics.jsonl", self.workdir / "curves.png")
+        except Exception as e:  # plotting must never fail a finished run
+            log.warning("could not plot curves: %s", e)
 
-    def _write_eval(self, writer: MetricsWriter, state: TrainState, examples_seen: int, step: int) -> dict[str, float]:
-        ev = self.evaluate(state)
+    def _close_counter(self) -> None:
+        if self._owns_counter:
+            self.counter.close()
+
+    def _write_eval(self, writer: MetricsWriter, rs: RunState) -> dict[str, float]:
+        ev = evaluate(self.programs.evaluate, rs.train_state, self.splits.test, self.mesh, self.M)
         rec = {
             "split": "test",
-            "step": step,
-            "examples_seen": examples_seen,
-            "epoch": examples_seen / self.N,
+            "step": rs.step,
+            "examples_seen": rs.examples_seen,
+            "epoch": rs.examples_seen / self.N,
             "accuracy": ev["accuracy"],
             "loss": ev["loss"],
             "count": ev["count"],
+            "corrupt_skipped": self.splits.test.corrupt_count,  # masked out of accuracy and count
         }
-        if hasattr(self.splits.test, "corrupt_count"):
-            rec["corrupt_skipped"] = self.splits.test.corrupt_count  # masked out of accuracy and count
-        writer.write(rec, tb_step=examples_seen, prefix="eval/")
+        writer.write(rec, tb_step=rs.examples_seen, prefix="eval/")
         writer.flush()
         if self.primary:
-            log.info("eval @ epoch %.2f (step %d): accuracy %.4f, loss %.4f", rec["epoch"], step, ev["accuracy"], ev["loss"])
+            log.info(
+                "eval @ epoch %.2f (step %d): accuracy %.4f, loss %.4f",
+                rec["epoch"],
+                rs.step,
+                ev["accuracy"],
+                ev["loss"],
+            )
         return ev
 
 
@@ -440,19 +496,6 @@ class _PreemptionFlag:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
             self._previous = None
-
-
-def _next_multiple(x: int, every: int) -> int | None:
-    """The smallest multiple of ``every`` strictly greater than ``x`` (None if ``every`` is 0)."""
-    return (x // every + 1) * every if every else None
-
-
-def _checkpoint_interval(cfg, N: int) -> int:
-    """Checkpoint interval in examples from checkpoint.every_examples / every_epochs (0 = off)."""
-    options = [int(cfg.checkpoint.every_examples)] if cfg.checkpoint.every_examples else []
-    if cfg.checkpoint.every_epochs:
-        options.append(max(1, int(round(cfg.checkpoint.every_epochs * N))))
-    return min(options) if options else 0
 
 
 def _progress(total: int, initial: int, enabled: bool):

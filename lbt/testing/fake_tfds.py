@@ -2,7 +2,7 @@
 
 The builder has the *same name, version and features* as tfds' ``cifar10`` (``id`` Text,
 ``image`` Image(32, 32, 3) holding PNG bytes, ``label`` ClassLabel(10)), so
-:func:`lbt.data.tfds_sources.load_splits` opens it through the real ``tfds.data_source`` path.
+:func:`lbt.data.registry.load_splits` opens it through the real ``tfds.data_source`` path.
 No TensorFlow and no network are needed: the images are handed to tfds already encoded.
 """
 
@@ -75,7 +75,10 @@ def write_fake_cifar10(
             )
 
         def _split_generators(self, dl_manager):
-            return {"train": self._generate_examples("train", n_train), "test": self._generate_examples("test", n_test)}
+            return {
+                "train": self._generate_examples("train", n_train),
+                "test": self._generate_examples("test", n_test),
+            }
 
         def _generate_examples(self, split, n):
             for k in range(n):

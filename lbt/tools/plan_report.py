@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from lbt.errors import ConfigError
 
@@ -63,18 +64,28 @@ def plan_summary(plan, baseline=None) -> dict[str, Any]:
 def format_table(plan, baseline=None) -> str:
     """A plain-text table of the phases."""
     head = f"{'phase':>5} {'epochs':>15} {'B':>7} {'k':>5} {'lr':>21} {'m':>6} {'g':>19} {'steps':>8}"
-    lines = [f"mode={plan.mode} lr={plan.lr_name} N={plan.N} M={plan.microbatch} total_examples={plan.total_examples}", head, "-" * len(head)]
+    lines = [
+        f"mode={plan.mode} lr={plan.lr_name} N={plan.N} M={plan.microbatch} total_examples={plan.total_examples}",
+        head,
+        "-" * len(head),
+    ]
     for ph in plan.phases:
         ep = f"{ph.start_example / plan.N:g}-{ph.end_example / plan.N:g}"
         lr = f"{ph.lr_start:.4g}" if ph.lr_start == ph.lr_end else f"{ph.lr_start:.4g}->{ph.lr_end:.4g}"
-        g = f"{ph.noise_scale:.4g}" if abs(ph.noise_scale - ph.noise_scale_end) <= 1e-9 * ph.noise_scale else f"{ph.noise_scale:.4g}->{ph.noise_scale_end:.4g}"
+        g = (
+            f"{ph.noise_scale:.4g}"
+            if abs(ph.noise_scale - ph.noise_scale_end) <= 1e-9 * ph.noise_scale
+            else f"{ph.noise_scale:.4g}->{ph.noise_scale_end:.4g}"
+        )
         lines.append(
             f"{ph.index:>5} {ep:>15} {ph.global_batch:>7} {ph.global_batch // plan.microbatch:>5} {lr:>21} {ph.momentum:>6.3g} {g:>19} {ph.steps:>8}"
         )
     lines.append(f"total optimizer steps: {plan.total_steps()}")
     if baseline is not None:
         b = baseline.total_steps()
-        lines.append(f"decay_lr baseline steps: {b}  ratio: {plan.total_steps() / b:.4f} ({b / plan.total_steps():.2f}x fewer updates)")
+        lines.append(
+            f"decay_lr baseline steps: {b}  ratio: {plan.total_steps() / b:.4f} ({b / plan.total_steps():.2f}x fewer updates)"
+        )
     return "\n".join(lines)
 
 
@@ -83,7 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lbt.schedules.plan import baseline_config, make_plan
 
     parser = argparse.ArgumentParser(prog="lbt plan", description=__doc__.splitlines()[0], allow_abbrev=False)
-    parser.add_argument("--config", default=None, help="configs/<name>.py defining get_config() (default: the embedded default)")
+    parser.add_argument(
+        "--config", default=None, help="configs/<name>.py defining get_config() (default: the embedded default)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--out", default=".", help="directory for plan.png (default: .)")
     parser.add_argument("--no-plot", action="store_true", help="do not write plan.png")

@@ -1,0 +1,105 @@
+"""The loop's small pieces: when to save, when to evaluate, throughput, the compile listener."""
+
+from __future__ import annotations
+
+import ml_collections
+import pytest
+from jax._src import monitoring as jax_monitoring
+
+from lbt.config import base_config
+from lbt.train import metrics as metrics_lib
+from lbt.train.checkpoint import SavePolicy, checkpoint_interval, next_multiple
+from lbt.train.compiles import CompileCounter
+from lbt.train.evaluate import EvalSchedule, eval_interval
+from lbt.train.loop import Trainer
+from lbt.train.metrics import TrainClock
+
+
+def _ckpt_config(every_epochs=0.0, every_examples=0, every_minutes=0.0) -> ml_collections.ConfigDict:
+    c = base_config()
+    c.checkpoint.every_epochs = every_epochs
+    c.checkpoint.every_examples = every_examples
+    c.checkpoint.every_minutes = every_minutes
+    return c
+
+
+def test_next_multiple_and_intervals():
+    assert next_multiple(0, 100) == 100 and next_multiple(100, 100) == 200 and next_multiple(199, 100) == 200
+    assert next_multiple(5, 0) is None
+    assert checkpoint_interval(_ckpt_config(every_epochs=0.5), 1000) == 500
+    assert checkpoint_interval(_ckpt_config(every_epochs=0.5, every_examples=300), 1000) == 300  # the smaller
+    assert checkpoint_interval(_ckpt_config(), 1000) == 0
+    c = base_config()
+    c.train.eval_every_epochs = 2.5
+    assert eval_interval(c, 1000) == 2500
+    c.train.eval_every_epochs = 0.0
+    assert eval_interval(c, 1000) == 0
+
+
+def test_save_policy_interval_clock_and_preemption():
+    now = [1000.0]
+    policy = SavePolicy(
+        _ckpt_config(every_examples=256, every_minutes=1.0), 1000, examples_seen=0, clock=lambda: now[0]
+    )
+    total = 2048
+    # the interval is due at the first boundary past 256, never at the end of training
+    assert not policy.decide(192, total, sync=False, preempt_requested=False, last_save_time=1000.0).save
+    assert policy.decide(320, total, sync=False, preempt_requested=False, last_save_time=1000.0).save
+    policy.saved(320)
+    assert policy.next_at == 512
+    assert not policy.interval_due(2048, total) and not policy.interval_due(600, 600)
+    # the clock and SIGTERM count only at sync steps (where processes agree)
+    now[0] = 1000.0 + 61
+    assert not policy.decide(384, total, sync=False, preempt_requested=True, last_save_time=1000.0).save
+    assert not policy.decide(384, total, sync=False, preempt_requested=True, last_save_time=1000.0).preempt
+    d = policy.decide(384, total, sync=True, preempt_requested=False, last_save_time=1000.0)
+    assert d.save and not d.preempt
+    d = policy.decide(384, total, sync=True, preempt_requested=True, last_save_time=now[0])
+    assert d.preempt and not d.save
+
+
+def test_eval_schedule():
+    ev = EvalSchedule(500, examples_seen=0)
+    assert not ev.due(499, 2000) and ev.due(512, 2000)
+    ev.done(512)
+    assert ev.next_at == 1000 and not ev.due(2000, 2000)  # the final eval is the loop's
+    assert not EvalSchedule(0, 0).due(10**9, 10**10)
+    assert EvalSchedule(500, examples_seen=1000).next_at == 1500  # resumed
+
+
+def test_train_clock_leaves_out_compiling_steps_and_skipped_time(monkeypatch):
+    t = [0.0]
+    monkeypatch.setattr(metrics_lib.time, "perf_counter", lambda: t[0])
+    clock = TrainClock()
+    t[0] = 5.0
+    clock.step(64, compiled=True)  # 5 s of compilation: left out
+    t[0] = 6.0
+    clock.step(64, compiled=False)
+    t[0] = 16.0
+    clock.skip()  # 10 s of eval
+    t[0] = 17.0
+    clock.step(128, compiled=False)
+    t[0] = 17.5
+    clock.finish()
+    assert clock.examples == 192 and clock.seconds == pytest.approx(2.5)
+    assert clock.examples_per_s == pytest.approx(192 / 2.5)
+
+
+def _listeners() -> int:
+    return len(jax_monitoring._event_duration_secs_listeners)
+
+
+def test_counter_close_unregisters_and_a_run_leaves_no_listener(tmp_path):
+    before = _listeners()
+    counter = CompileCounter()
+    assert _listeners() == before + 1
+    counter.close()
+    assert _listeners() == before
+    c = base_config()
+    c.schedule.epochs = 1.0
+    c.schedule.lr.milestones = (0.5,)
+    c.train.progress = False
+    summary = Trainer(c, tmp_path).run()
+    assert _listeners() == before  # lbt reproduce runs many Trainers in one process
+    # steps only: compile and eval time are left out, so the rate beats examples / wall time
+    assert summary["train_examples_per_s"] > summary["examples_seen"] / summary["wall_s"]

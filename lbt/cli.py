@@ -13,7 +13,9 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 from lbt import runtime
 from lbt.errors import CheckpointError, ConfigError, TrainingError
@@ -36,12 +38,27 @@ def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return rest, overrides
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one ``lbt: error:`` line (a :class:`runtime.SetupError`),
+    not argparse's usage dump."""
+
+    def error(self, message: str):  # type: ignore[override]
+        what, _, problem = message.removeprefix("argument ").partition(": ")
+        if not problem:
+            what, problem = self.prog, message
+        raise runtime.SetupError(f"{what}: {problem}; see {self.prog} --help")
+
+
 def _train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lbt train", allow_abbrev=False, description="Train with a growing batch.")
+    p = _Parser(prog="lbt train", allow_abbrev=False, description="Train with a growing batch.")
     p.add_argument("--config", default=None, help="config file configs/<name>.py (default: embedded digits)")
     p.add_argument("--workdir", default="runs/default", help="output directory (metrics, TensorBoard, checkpoints)")
     p.add_argument(
-        "--num_cpu_devices", type=int, default=None, help="simulated CPU devices (default 8 or $LBT_NUM_CPU_DEVICES)"
+        "--num_cpu_devices",
+        type=int,
+        default=None,
+        help=f"simulated CPU devices, >= 1 (default {runtime.DEFAULT_CPU_DEVICES} or $LBT_NUM_CPU_DEVICES); "
+        "only applies when the backend is CPU, ignored on GPU/TPU",
     )
     p.add_argument("--coordinator_address", default=None, help="multi-process: host:port of process 0")
     p.add_argument("--num_processes", type=int, default=None, help="multi-process: number of processes")
@@ -49,14 +66,16 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--heartbeat_timeout_s",
         type=int,
-        default=int(os.environ.get("LBT_HEARTBEAT_TIMEOUT_S", "60")),
-        help="multi-process: a peer silent this long is declared dead and every process exits with an error",
+        default=None,
+        help="multi-process: a peer silent this long is declared dead and every process exits with an error "
+        "(default 60 or $LBT_HEARTBEAT_TIMEOUT_S)",
     )
     p.add_argument(
         "--initialization_timeout_s",
         type=int,
-        default=int(os.environ.get("LBT_INITIALIZATION_TIMEOUT_S", "300")),
-        help="multi-process: how long to wait for all processes to connect",
+        default=None,
+        help="multi-process: how long to wait for all processes to connect (default 300 or "
+        "$LBT_INITIALIZATION_TIMEOUT_S)",
     )
     p.add_argument(
         "--allow_config_change", action="store_true", help="resume even if the config differs from the checkpoint's"
@@ -65,9 +84,52 @@ def _train_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_workdir(workdir: str) -> None:
+    """Create ``workdir`` if needed and check that a file can be written there (a probe file, then removed).
+
+    Raises :class:`runtime.SetupError` naming ``--workdir`` and the fix for a path that is a file, lies
+    below a file, or cannot be written (read-only, no permission, ...). Runs before JAX starts; it
+    never removes or changes anything that was there.
+    """
+    fix = "pass --workdir a directory you can write to (it is created if missing)"
+    path = Path(workdir)
+    if path.exists() and not path.is_dir():
+        raise runtime.SetupError(f"--workdir {workdir!r}: is a file, not a directory; {fix}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((a for a in path.parents if a.exists() and not a.is_dir()), None)
+        if blocker is None:
+            raise runtime.SetupError(f"--workdir {workdir!r}: cannot create the directory; {fix}") from None
+        raise runtime.SetupError(
+            f"--workdir {workdir!r}: {blocker} is a file, so the directory cannot be created; {fix}"
+        ) from None
+    except OSError as e:
+        raise runtime.SetupError(f"--workdir {workdir!r}: cannot create it ({e.strerror or e}); {fix}") from None
+    try:
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".lbt-write-probe-")
+    except OSError as e:
+        raise runtime.SetupError(f"--workdir {workdir!r}: cannot write there ({e.strerror or e}); {fix}") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
 def cmd_train(argv: Sequence[str]) -> int:
     rest, overrides = _split_overrides(argv)
-    args = _train_parser().parse_args(rest)
+    parser = _train_parser()
+    args, unknown = parser.parse_known_args(rest)
+    if unknown:
+        raise runtime.SetupError(
+            f"{' '.join(unknown)}: not a flag of lbt train; see lbt train --help (config fields: --config.a.b=value)"
+        )
+    # Flags and environment first (cheap, one line each), all before JAX starts.
+    num_cpu_devices = runtime.cpu_device_count(args.num_cpu_devices)
+    heartbeat_timeout_s = runtime.int_setting(
+        "--heartbeat_timeout_s", args.heartbeat_timeout_s, "LBT_HEARTBEAT_TIMEOUT_S", 60
+    )
+    initialization_timeout_s = runtime.int_setting(
+        "--initialization_timeout_s", args.initialization_timeout_s, "LBT_INITIALIZATION_TIMEOUT_S", 300
+    )
     from lbt import config as config_lib
 
     if "://" in args.workdir:
@@ -82,7 +144,8 @@ def cmd_train(argv: Sequence[str]) -> int:
     if args.print_config:
         print(config_lib.to_json(config))
         return 0
-    runtime.setup(args.num_cpu_devices)
+    check_workdir(args.workdir)  # before JAX starts
+    runtime.setup(num_cpu_devices)
     from lbt.parallel import distributed
 
     spec = distributed.detect_cluster(
@@ -92,7 +155,7 @@ def cmd_train(argv: Sequence[str]) -> int:
         process_id=args.process_id,
     )
     distributed.initialize(
-        spec, initialization_timeout_s=args.initialization_timeout_s, heartbeat_timeout_s=args.heartbeat_timeout_s
+        spec, initialization_timeout_s=initialization_timeout_s, heartbeat_timeout_s=heartbeat_timeout_s
     )
     logging.getLogger("lbt").info("%s", distributed.describe())
     from lbt.train.faults import Faults
@@ -132,14 +195,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("usage: lbt <command> [options]\n\ncommands:")
         for name, text in SUBCOMMANDS.items():
             print(f"  {name:<16}{text}")
-        return 0 if argv else EXIT_CONFIG
+        if argv:
+            return 0
+        print(
+            f"lbt: error: no command given; run lbt <command>, e.g. lbt train ({', '.join(SUBCOMMANDS)})",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     cmd, rest = argv[0], argv[1:]
     if cmd not in SUBCOMMANDS:
         print(f"lbt: error: unknown command {cmd!r}; choose one of {', '.join(SUBCOMMANDS)}", file=sys.stderr)
         return EXIT_CONFIG
     try:
         return _dispatch(cmd, rest)
-    except ConfigError as e:
+    except (ConfigError, runtime.SetupError) as e:
         print(f"lbt: error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     except (TrainingError, CheckpointError) as e:

@@ -12,6 +12,7 @@ import ast
 import hashlib
 import importlib.util
 import json
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,6 +74,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.eval_every_epochs = 5.0  # 0 = only at the end
     c.train.log_every_steps = 10
     c.train.on_nonfinite = "stop"  # stop | rollback
+    c.train.max_rollbacks = 3  # rollback: stop with an error after this many rollbacks in one run
+    c.train.max_skipped_fraction = 0.05  # rollback: ... or once this fraction of the run's examples is skipped
     c.train.progress = True  # progress bar on stderr
 
     c.checkpoint = ml_collections.ConfigDict()
@@ -114,14 +117,62 @@ def load_config(path: str | None, overrides: Sequence[str] = ()) -> ml_collectio
 
 
 def _get_config(p: Path) -> ml_collections.ConfigDict:
-    """Run ``get_config()`` of the config file ``p``."""
+    """Run ``get_config()`` of the config file ``p``.
+
+    Any failure (a syntax error, an exception at import or in ``get_config()``, a result that is not
+    a ``ConfigDict``) becomes one :class:`ConfigError` naming the file, the line and the error's first
+    line, e.g. ``config.file: configs/x.py line 3: invalid syntax; fix the file``.
+    """
     spec = importlib.util.spec_from_file_location(f"lbt_config_{p.stem}", p)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except ConfigError:
+        raise  # already one line (e.g. from a sibling_config() at import)
+    except SyntaxError as e:
+        raise ConfigError("file", _syntax_error_line(e, p)) from None
+    except Exception as e:
+        raise ConfigError("file", f"{_where(e, p)}: {_first_line(e)}; fix the file") from None
     if not hasattr(module, "get_config"):
         raise ConfigError("file", f"{p} defines no get_config(); add one returning a ConfigDict")
-    return module.get_config()
+    try:
+        config = module.get_config()
+    except ConfigError:
+        raise
+    except SyntaxError as e:  # e.g. a sibling_config() of a file with a syntax error reports that file
+        raise ConfigError("file", _syntax_error_line(e, p)) from None
+    except Exception as e:
+        raise ConfigError("file", f"{_where(e, p)}: get_config() raised {_first_line(e)}; fix the file") from None
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(
+            "file",
+            f"{p}: get_config() returned {type(config).__name__}, not an ml_collections.ConfigDict; "
+            "return one, e.g. built from lbt.config.base_config()",
+        )
+    return config
+
+
+def _first_line(e: BaseException) -> str:
+    """``Type: first line of the message`` (just ``Type`` for an empty message)."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
+def _where(e: BaseException, p: Path) -> str:
+    """``p line N`` for the last line of the config file ``p`` in the traceback of ``e`` (else ``p``)."""
+    line, target = None, p.resolve()
+    for frame, lineno in traceback.walk_tb(e.__traceback__):
+        if Path(frame.f_code.co_filename).resolve() == target:
+            line = lineno
+    return f"{p} line {line}" if line is not None else str(p)
+
+
+def _syntax_error_line(e: SyntaxError, p: Path) -> str:
+    where = str(p) if not e.filename or Path(e.filename).resolve() == p.resolve() else e.filename
+    if e.lineno is not None:
+        where += f" line {e.lineno}"
+    return f"{where}: {e.msg or type(e).__name__}; fix the file"
 
 
 def sibling_config(this_file: str, name: str) -> ml_collections.ConfigDict:
@@ -237,6 +288,12 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_train: 
     if config.train.on_nonfinite not in NONFINITE_POLICIES:
         raise ConfigError(
             "train.on_nonfinite", f"unknown policy {config.train.on_nonfinite!r}; choose stop or rollback"
+        )
+    if config.train.max_rollbacks < 0:
+        raise ConfigError("train.max_rollbacks", f"must be >= 0, got {config.train.max_rollbacks}; e.g. 3")
+    if not 0.0 <= config.train.max_skipped_fraction <= 1.0:
+        raise ConfigError(
+            "train.max_skipped_fraction", f"must be in [0, 1], got {config.train.max_skipped_fraction}; e.g. 0.05"
         )
     if config.optimizer.weight_decay < 0:
         raise ConfigError("optimizer.weight_decay", f"must be >= 0, got {config.optimizer.weight_decay}")

@@ -15,6 +15,51 @@ from collections.abc import MutableMapping
 DEFAULT_CPU_DEVICES = 8
 
 
+class SetupError(ValueError):
+    """A bad process-level input (a flag, an environment variable, the workdir), found before JAX starts.
+
+    ``str()`` is one line: ``<flag or variable>: <problem>; <fix>``; ``lbt`` prints it as
+    ``lbt: error: ...`` and exits 2.
+    """
+
+
+def int_setting(
+    flag: str,
+    requested: int | None,
+    env_var: str,
+    default: int,
+    *,
+    minimum: int = 1,
+    fix: str = "",
+    environ: MutableMapping[str, str] = os.environ,
+) -> int:
+    """``requested`` (the value of ``flag``), else ``$env_var``, else ``default``; each must be >= ``minimum``.
+
+    Raises :class:`SetupError` naming the flag or the variable, e.g. for ``--num_cpu_devices 0`` or
+    ``LBT_NUM_CPU_DEVICES=abc``. ``fix`` is appended to the flag's message.
+    """
+    if requested is not None:
+        if requested < minimum:
+            raise SetupError(
+                f"{flag}: must be >= {minimum}, got {requested}; pass {flag} {minimum} or more, or omit it for the "
+                f"default {default}{fix}"
+            )
+        return int(requested)
+    text = environ.get(env_var)
+    if text is None:
+        return default
+    try:
+        value = int(text.strip())
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        raise SetupError(
+            f"{env_var}: must be an integer >= {minimum}, got {text!r}; set e.g. {env_var}={max(minimum, default)} "
+            f"or unset it (default {default}), or pass {flag}"
+        )
+    return value
+
+
 def add_xla_flag(name: str, value: object, environ: MutableMapping[str, str] = os.environ) -> None:
     """Append ``--name=value`` to ``XLA_FLAGS`` unless the user's ``XLA_FLAGS`` already names it."""
     flags = environ.get("XLA_FLAGS", "")
@@ -46,10 +91,14 @@ def cpu_xla_flags(
 
 
 def cpu_device_count(requested: int | None, default: int = DEFAULT_CPU_DEVICES) -> int:
-    """``requested``, else ``$LBT_NUM_CPU_DEVICES``, else ``default``."""
-    if requested is not None:
-        return int(requested)
-    return int(os.environ.get("LBT_NUM_CPU_DEVICES", str(default)))
+    """``requested``, else ``$LBT_NUM_CPU_DEVICES``, else ``default``; :class:`SetupError` unless >= 1."""
+    return int_setting(
+        "--num_cpu_devices",
+        requested,
+        "LBT_NUM_CPU_DEVICES",
+        default,
+        fix=" (it only applies when the backend is CPU)",
+    )
 
 
 def setup(
@@ -62,10 +111,11 @@ def setup(
     """Set the XLA:CPU flags and give the CPU backend its simulated devices; return the count.
 
     The device count applies only when JAX runs on the CPU backend; on GPU/TPU it is ignored.
+    A count below 1 (flag or ``$LBT_NUM_CPU_DEVICES``) raises :class:`SetupError` before JAX is imported.
     """
+    n = cpu_device_count(num_cpu_devices, default_cpu_devices)
     cpu_xla_flags(collective_timeout_s, warn_stuck_s)
     import jax
 
-    n = cpu_device_count(num_cpu_devices, default_cpu_devices)
     jax.config.update("jax_num_cpu_devices", n)
     return n

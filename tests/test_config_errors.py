@@ -1,5 +1,6 @@
 """Invalid configs fail fast: one line naming the field and the fix, non-zero exit, no compile."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -111,3 +112,205 @@ def test_url_workdir_is_rejected_with_the_fix(capsys):
     assert main(["train", "--workdir", "gs://bucket/run"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--workdir 'gs://bucket/run'" in err and "Cloud Storage FUSE" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad config files: one line naming the file, the line and the error's first line; no traceback.
+
+# (name, {file name: source}, the error line after "lbt: error: " with {f}/{sib} for the paths, fix)
+CONFIG_FILE_CASES = [
+    ("syntax_error", {"x.py": "from lbt.config import base_config\n\nx = = 1\n"}, "config.file: {f} line 3: ", ""),
+    (
+        "raises_at_import",
+        {"x.py": "import lbt_no_such_module\n"},
+        "config.file: {f} line 1: ModuleNotFoundError: No module named 'lbt_no_such_module'",
+        "",
+    ),
+    (
+        "get_config_raises",
+        {"x.py": "def get_config():\n    x = 1\n    raise ValueError('boom\\nsecond line')\n"},
+        "config.file: {f} line 3: get_config() raised ValueError: boom; ",
+        "",
+    ),
+    (
+        "get_config_returns_a_dict",
+        {"x.py": "def get_config():\n    return {'name': 'x'}\n"},
+        "config.file: {f}: get_config() returned dict, not an ml_collections.ConfigDict; ",
+        "base_config()",
+    ),
+    (
+        "get_config_returns_none",
+        {"x.py": "def get_config():\n    pass\n"},
+        "config.file: {f}: get_config() returned NoneType, not an ml_collections.ConfigDict; ",
+        "base_config()",
+    ),
+    ("no_get_config", {"x.py": "X = 1\n"}, "config.file: {f} defines no get_config(); ", "returning a ConfigDict"),
+    (
+        "sibling_with_syntax_error",
+        {
+            "x.py": "from lbt.config import sibling_config\n\ndef get_config():\n    return sibling_config(__file__, 'sib')\n",
+            "sib.py": "def get_config(:\n    pass\n",
+        },
+        "config.file: {sib} line 1: ",
+        "",
+    ),
+]
+
+
+@pytest.mark.parametrize("name, files, expected, fix", CONFIG_FILE_CASES, ids=[c[0] for c in CONFIG_FILE_CASES])
+def test_bad_config_file_is_one_line(name, files, expected, fix, tmp_path, capsys):
+    for fname, source in files.items():
+        (tmp_path / fname).write_text(source)
+    f, sib = tmp_path / "x.py", (tmp_path / "sib.py").resolve()
+    rc, errors, compiles = run_cli(["train", "--config", str(f), "--workdir", str(tmp_path / "w")], capsys)
+    assert rc == cli.EXIT_CONFIG
+    assert len(errors) == 1, errors
+    assert errors[0].startswith("lbt: error: " + expected.format(f=f, sib=sib)), errors[0]
+    assert errors[0].endswith(fix or "fix the file"), errors[0]
+    assert "second line" not in errors[0]
+    assert compiles == 0 and not (tmp_path / "w").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad flags and environment: one line naming the flag (or variable) and the fix, before JAX starts.
+
+# (extra argv, environment, the error line after "lbt: error: ", fix)
+FLAG_CASES = [
+    (["--num_cpu_devices", "0"], {}, "--num_cpu_devices: must be >= 1, got 0; ", "when the backend is CPU"),
+    (["--num_cpu_devices", "-1"], {}, "--num_cpu_devices: must be >= 1, got -1; ", "when the backend is CPU"),
+    (["--num_cpu_devices", "x"], {}, "--num_cpu_devices: invalid int value: 'x'; ", "lbt train --help"),
+    ([], {"LBT_NUM_CPU_DEVICES": "abc"}, "LBT_NUM_CPU_DEVICES: must be an integer >= 1, got 'abc'; ", "unset it"),
+    ([], {"LBT_NUM_CPU_DEVICES": "0"}, "LBT_NUM_CPU_DEVICES: must be an integer >= 1, got '0'; ", "unset it"),
+    ([], {"LBT_HEARTBEAT_TIMEOUT_S": "soon"}, "LBT_HEARTBEAT_TIMEOUT_S: must be an integer >= 1", "unset it"),
+    (["--heartbeat_timeout_s", "0"], {}, "--heartbeat_timeout_s: must be >= 1, got 0; ", "default 60"),
+    (["--initialization_timeout_s", "-5"], {}, "--initialization_timeout_s: must be >= 1, got -5; ", "default 300"),
+    (["--nope"], {}, "--nope: not a flag of lbt train; ", "lbt train --help"),
+    (["extra"], {}, "extra: not a flag of lbt train; ", "lbt train --help"),
+    (["--num_processes", "two"], {}, "--num_processes: invalid int value: 'two'; ", "lbt train --help"),
+    (["--config"], {}, "--config: expected one argument; ", "lbt train --help"),
+]
+
+
+@pytest.mark.parametrize("argv, env, expected, fix", FLAG_CASES)
+def test_bad_flag_or_env_is_one_line(argv, env, expected, fix, tmp_path, capsys, monkeypatch):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    rc, errors, compiles = run_cli(["train", "--workdir", str(tmp_path / "w"), *argv], capsys)
+    assert rc == cli.EXIT_CONFIG
+    assert len(errors) == 1, errors
+    assert errors[0].startswith("lbt: error: " + expected), errors[0]
+    assert fix in errors[0]
+    assert compiles == 0 and not (tmp_path / "w").exists()
+
+
+def test_config_file_error_names_the_path_as_given(tmp_path, capsys, monkeypatch):
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "x.py").write_text("\n\nx = = 1\n")
+    monkeypatch.chdir(tmp_path)
+    rc, errors, _ = run_cli(["train", "--config", "configs/x.py"], capsys)
+    assert rc == cli.EXIT_CONFIG
+    assert errors == ["lbt: error: config.file: configs/x.py line 3: invalid syntax; fix the file"]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_no_command_is_one_error_line(capsys):
+    assert cli.main([]) == cli.EXIT_CONFIG
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lbt: error: no command given; ") and "lbt train" in err[0]
+
+
+def test_help_says_num_cpu_devices_is_for_the_cpu_backend(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--help"])
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--num_cpu_devices" in out and "only applies when the backend is CPU" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad workdirs: checked (created, probe-written, probe removed) right after the config, before JAX.
+
+
+def _workdir_file(tmp_path):
+    (tmp_path / "file.txt").write_text("keep me")
+    return tmp_path / "file.txt", "{w}: is a file, not a directory; "
+
+
+def _workdir_below_file(tmp_path):
+    (tmp_path / "file.txt").write_text("keep me")
+    return tmp_path / "file.txt" / "run", "{w}: {p} is a file, so the directory cannot be created; "
+
+
+WORKDIR_CASES = [_workdir_file, _workdir_below_file]
+
+
+@pytest.mark.parametrize("make", WORKDIR_CASES, ids=[m.__name__ for m in WORKDIR_CASES])
+def test_bad_workdir_is_one_line(make, tmp_path, capsys):
+    w, expected = make(tmp_path)
+    rc, errors, compiles = run_cli(["train", "--workdir", str(w)], capsys)
+    assert rc == cli.EXIT_CONFIG
+    assert len(errors) == 1, errors
+    assert errors[0].startswith("lbt: error: --workdir " + expected.format(w=repr(str(w)), p=tmp_path / "file.txt"))
+    assert "pass --workdir" in errors[0]
+    assert compiles == 0 and (tmp_path / "file.txt").read_text() == "keep me"  # nothing lost
+
+
+def test_read_only_workdir_is_one_line(tmp_path, capsys, monkeypatch):
+    w = tmp_path / "ro"
+    w.mkdir()
+    (w / "old.txt").write_text("keep me")
+    w.chmod(0o555)
+    if os.access(w, os.W_OK):  # root: permission bits don't stop writes; make the write probe fail instead
+
+        def denied(*args, **kwargs):
+            raise PermissionError(13, "Permission denied", str(w))
+
+        monkeypatch.setattr(cli.tempfile, "mkstemp", denied)
+    try:
+        rc, errors, compiles = run_cli(["train", "--workdir", str(w)], capsys)
+    finally:
+        w.chmod(0o755)
+    assert rc == cli.EXIT_CONFIG
+    assert len(errors) == 1, errors
+    assert errors[0].startswith(f"lbt: error: --workdir {str(w)!r}: cannot write there (Permission denied); ")
+    assert "pass --workdir" in errors[0]
+    assert compiles == 0 and sorted(p.name for p in w.iterdir()) == ["old.txt"]
+
+
+def test_workdir_check_creates_it_and_leaves_no_probe(tmp_path):
+    w = tmp_path / "a" / "b"
+    cli.check_workdir(str(w))
+    assert w.is_dir() and list(w.iterdir()) == []
+    (w / "old.txt").write_text("keep me")
+    cli.check_workdir(str(w))
+    assert [p.name for p in w.iterdir()] == ["old.txt"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The real entry point: exactly one line, no traceback, no argparse usage dump.
+
+SUBPROCESS_CASES = [
+    (["--config", "{syntax}"], {}, "config.file: "),
+    (["--num_cpu_devices", "0"], {}, "--num_cpu_devices: "),
+    ([], {"LBT_NUM_CPU_DEVICES": "abc"}, "LBT_NUM_CPU_DEVICES: "),
+    (["--workdir", "{file}/run"], {}, "--workdir "),
+    (["--nope"], {}, "--nope: "),
+]
+
+
+@pytest.mark.parametrize("argv, env, expected", SUBPROCESS_CASES)
+def test_subprocess_bad_input_is_one_line(argv, env, expected, tmp_path):
+    (tmp_path / "syntax.py").write_text("def get_config(:\n")
+    (tmp_path / "file.txt").write_text("")
+    argv = [a.format(syntax=tmp_path / "syntax.py", file=tmp_path / "file.txt") for a in argv]
+    p = subprocess.run(
+        [sys.executable, "-m", "lbt.cli", "train", "--workdir", str(tmp_path / "w"), *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+    )
+    assert p.returncode == cli.EXIT_CONFIG
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, p.stderr
+    assert lines[0].startswith("lbt: error: " + expected), lines[0]

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
+
 import ml_collections
 import pytest
 from jax._src import monitoring as jax_monitoring
 
+from lbt import cli
 from lbt.config import base_config
+from lbt.errors import TrainingError
 from lbt.train import metrics as metrics_lib
 from lbt.train.checkpoint import SavePolicy, checkpoint_interval, next_multiple
 from lbt.train.compiles import CompileCounter
 from lbt.train.evaluate import EvalSchedule, eval_interval
 from lbt.train.loop import Trainer
-from lbt.train.metrics import TrainClock
+from lbt.train.metrics import TrainClock, read_jsonl
 
 
 def _ckpt_config(every_epochs=0.0, every_examples=0, every_minutes=0.0) -> ml_collections.ConfigDict:
@@ -103,3 +110,70 @@ def test_counter_close_unregisters_and_a_run_leaves_no_listener(tmp_path):
     assert _listeners() == before  # lbt reproduce runs many Trainers in one process
     # steps only: compile and eval time are left out, so the rate beats examples / wall time
     assert summary["train_examples_per_s"] > summary["examples_seen"] / summary["wall_s"]
+
+
+def _diverging(extra: dict | None = None) -> ml_collections.ConfigDict:
+    """A run that diverges for good: every step after the first is non-finite."""
+    c = base_config()
+    c.model.width = 8
+    c.schedule.epochs = 3.0
+    c.schedule.lr.milestones = (1.0, 2.0)
+    c.schedule.base_lr = 1e6
+    c.train.on_nonfinite = "rollback"
+    c.train.progress = False
+    c.train.log_every_steps = 1
+    for k, v in (extra or {}).items():
+        c.train[k] = v
+    return c
+
+
+def test_rollback_is_bounded(tmp_path):
+    """base_lr=1e6 once rolled back 392 times and exited 0; now it stops after max_rollbacks."""
+    with pytest.raises(TrainingError, match=r"4 rollback\(s\).*train.max_rollbacks=3") as info:
+        Trainer(_diverging({"max_skipped_fraction": 1.0}), tmp_path).run()
+    assert "\n" not in str(info.value)
+    events = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if r.get("event") == "rollback"]
+    assert len(events) == 4
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_rollback_skipped_fraction_is_bounded(tmp_path):
+    c = _diverging({"max_rollbacks": 1000, "max_skipped_fraction": 0.1})
+    with pytest.raises(TrainingError, match="train.max_skipped_fraction=0.1"):
+        Trainer(c, tmp_path).run()
+    events = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if r.get("event") == "rollback"]
+    skipped = sum(e["skipped_window"][1] - e["skipped_window"][0] for e in events)
+    total = round(3.0 * 1438)
+    assert skipped > 0.1 * total >= skipped - 64 * 4  # it stopped at the first window past the cap
+
+
+@pytest.mark.slow
+def test_sigterm_is_honoured_while_rolling_back(tmp_path):
+    """The rollback path used to `continue` past the SIGTERM check: the run ignored SIGTERM."""
+    args = [
+        "--config.schedule.base_lr=1e6",
+        "--config.train.on_nonfinite=rollback",
+        "--config.train.max_rollbacks=1000000",
+        "--config.train.max_skipped_fraction=1.0",
+        "--config.train.progress=false",
+    ]
+    cmd = [sys.executable, "-m", "lbt.cli", "train", "--workdir", str(tmp_path), "--num_cpu_devices", "2", *args]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and _count_rollbacks(tmp_path) < 3:
+            time.sleep(0.2)
+        assert _count_rollbacks(tmp_path) >= 3, "the run never rolled back"
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == cli.EXIT_PREEMPTED, err[-2000:]
+    assert any(r.get("event") == "preempted" for r in read_jsonl(tmp_path / "metrics.jsonl"))
+
+
+def _count_rollbacks(workdir) -> int:
+    path = workdir / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    return path.read_text().count('"event": "rollback"')

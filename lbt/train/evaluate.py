@@ -46,4 +46,7 @@ def evaluate(evaluate_program: Any, state: Any, source: Any, mesh: Mesh, microba
         for k in totals:
             totals[k] += float(host_value(out[k]))
     n = totals["count"]
-    return {"accuracy": totals["correct"] / n, "loss": totals["loss"] / n, "count": int(n)}
+    accuracy = totals["correct"] / n
+    if not 0.0 <= accuracy <= 1.0:  # e.g. labels of the wrong shape broadcasting in the comparison
+        raise AssertionError(f"accuracy {accuracy} outside [0, 1] ({totals['correct']} correct of {n}): a bug")
+    return {"accuracy": accuracy, "loss": totals["loss"] / n, "count": int(n)}

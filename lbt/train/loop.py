@@ -138,7 +138,8 @@ class Trainer:
                     or io.saves.interval_due(rs.examples_seen, total)
                     or self.faults.pause_at is not None
                 ):
-                    if self._flush(rs, io):  # rolled back: the loop goes on from the restored step
+                    if self._flush(rs, io):  # rolled back: go on from the restored step
+                        self._checkpoint_hook(rs, io, sync=True)  # SIGTERM is honoured here too
                         continue
                     self.faults.maybe_pause(rs.step, stop=lambda: io.preempt.requested)
                 if eval_due:
@@ -262,12 +263,25 @@ class Trainer:
             window[0],
             window[1],
         )
+        self._check_rollback_bounds(rs, bad)
         self._reopen_batches(rs, io)
         io.evals = EvalSchedule(io.evals.every, rs.examples_seen)
         io.saves = SavePolicy(self.config, self.N, rs.examples_seen)
         if io.progress is not None:
             io.progress.reset(total=self.plan.total_examples)
             io.progress.update(rs.examples_seen)
+
+    def _check_rollback_bounds(self, rs: RunState, bad: dict[str, Any]) -> None:
+        """Stop with an error past ``train.max_rollbacks`` or ``train.max_skipped_fraction``."""
+        cfg, total = self.config.train, self.plan.total_examples
+        skipped = rs.skipped_examples()
+        if rs.rollbacks > cfg.max_rollbacks or skipped > cfg.max_skipped_fraction * total:
+            raise TrainingError(
+                f"non-finite loss or gradient at step {bad['step']} again: {rs.rollbacks} rollback(s) and "
+                f"{skipped} of {total} examples ({skipped / total:.2%}) skipped, past train.max_rollbacks="
+                f"{cfg.max_rollbacks} or train.max_skipped_fraction={cfg.max_skipped_fraction}. Training is "
+                "diverging, not hitting a bad batch: lower schedule.base_lr (or add warmup). The checkpoints are kept."
+            )
 
     def _checkpoint_hook(self, rs: RunState, io: _Io, sync: bool) -> None:
         """Save when the policy says so; on an agreed SIGTERM save, then raise :class:`Preempted`."""

@@ -168,7 +168,7 @@ def cmd_train(argv: Sequence[str]) -> int:
         print(f"lbt: {e}; rerun the same command to resume", file=sys.stderr)
         return EXIT_PREEMPTED
     if distributed.is_primary():
-        print(json.dumps(summary))
+        print(json.dumps(summary, allow_nan=False))  # NaN/Inf are null in the summary
     return 0
 
 

@@ -177,3 +177,49 @@ def _count_rollbacks(workdir) -> int:
     if not path.exists():
         return 0
     return path.read_text().count('"event": "rollback"')
+
+
+def test_an_accuracy_outside_0_1_is_an_error():
+    """Labels shaped (N, 1) once broadcast in the comparison and reported an accuracy of 5.6."""
+    import jax
+    import numpy as np
+
+    from lbt.data.sources import ArraySource
+    from lbt.parallel.mesh import make_mesh
+    from lbt.train.evaluate import evaluate
+
+    source = ArraySource(np.zeros((16, 2, 2, 1), np.float32), np.zeros((16,), np.int32), 2)
+    mesh = make_mesh(jax.devices()[:1])
+
+    def program(state, images, labels, mask):  # counts each example 3 times, as a broadcast would
+        return {"correct": 3 * mask.sum(), "loss": mask.sum(), "count": mask.sum()}
+
+    def honest(state, images, labels, mask):
+        return {"correct": mask.sum() / 2, "loss": mask.sum(), "count": mask.sum()}
+
+    assert evaluate(honest, None, source, mesh, 8)["accuracy"] == 0.5
+    with pytest.raises(AssertionError, match="accuracy 3.0 outside"):
+        evaluate(program, None, source, mesh, 8)
+
+
+def test_summary_json_is_valid_json_when_the_eval_loss_is_not_finite(tmp_path, monkeypatch):
+    """final_eval_loss was written as a bare NaN; now it is null (standard JSON)."""
+    import json
+
+    from lbt.train import loop as loop_lib
+
+    real = loop_lib.evaluate
+
+    def nan_loss(*args, **kwargs):
+        return dict(real(*args, **kwargs), loss=float("nan"))
+
+    monkeypatch.setattr(loop_lib, "evaluate", nan_loss)
+    c = base_config()
+    c.model.width = 8
+    c.schedule.epochs = 1.0
+    c.schedule.lr.milestones = (0.5,)
+    c.train.progress = False
+    summary = Trainer(c, tmp_path).run()
+    text = (tmp_path / "summary.json").read_text()
+    assert "NaN" not in text and json.loads(text)["final_eval_loss"] is None
+    assert summary["final_eval_loss"] is None and 0.0 <= summary["final_eval_accuracy"] <= 1.0

@@ -31,13 +31,21 @@ from lbt.models import build_model
 from lbt.parallel.accumulate import TrainPrograms, build_programs
 from lbt.parallel.mesh import global_batch_array, make_mesh
 from lbt.schedules.plan import Plan, PlanPoint
-from lbt.train.checkpoint import Checkpointer, CheckpointError, SavePolicy, config_differences, state_digest
+from lbt.train.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    SavePolicy,
+    agree_any,
+    config_differences,
+    state_digest,
+)
 from lbt.train.compiles import CompileCounter
 from lbt.train.evaluate import EvalSchedule, eval_interval, evaluate
 from lbt.train.faults import Faults
-from lbt.train.metrics import MetricsWriter, PendingMetrics, TrainClock
+from lbt.train.metrics import MetricsWriter, PendingMetrics, TrainClock, json_safe, write_json, write_text_atomic
 from lbt.train.optim import make_optimizer
 from lbt.train.state import TrainState, abstract_state, init_state
+from lbt.train.workdir import WorkdirLock, already_finished_message, finished_summary
 
 log = logging.getLogger("lbt")
 
@@ -120,6 +128,9 @@ class Trainer:
         total = self.plan.total_examples
         with contextlib.ExitStack() as stack:
             stack.callback(self._close_counter)
+            done = self._claim_workdir(stack)
+            if done is not None:
+                return done
             ckpt = Checkpointer(self.workdir, keep=self.config.checkpoint.keep)
             stack.callback(ckpt.close)
             rs, resumed = self._start(ckpt)
@@ -155,8 +166,8 @@ class Trainer:
             io.ckpt.save(rs.step, rs.train_state, self._meta(rs))
             io.ckpt.wait()
             digest = state_digest(rs.train_state)
-        summary = self._summary(rs, last_eval, digest, resumed=resumed, wall_s=time.time() - t0, clock=io.clock)
-        self._write_summary(summary)
+            summary = self._summary(rs, last_eval, digest, resumed=resumed, wall_s=time.time() - t0, clock=io.clock)
+            self._write_summary(summary)  # still under the workdir lock
         return summary
 
     # -------------------------------------------------------------------------------------
@@ -310,6 +321,16 @@ class Trainer:
     # -------------------------------------------------------------------------------------
     # Start and end of a run
 
+    def _claim_workdir(self, stack: contextlib.ExitStack) -> dict[str, Any] | None:
+        """Lock the workdir for this run (every process of a job refuses together if another
+        run holds it); return the stored summary if this run already finished, else None."""
+        stack.enter_context(WorkdirLock(self.workdir, primary=self.primary, agree=agree_any))
+        config = json.loads(config_lib.to_json(self.config))
+        done = finished_summary(self.workdir, self.plan.total_examples, config=config, agree=agree_any)
+        if done is not None:
+            log.info("%s", already_finished_message(self.workdir, done))
+        return done
+
     def _init_state(self) -> TrainState:
         return init_state(self.model, self.tx, self.mesh, self.splits.train.image_shape, self.config.seed)
 
@@ -355,8 +376,8 @@ class Trainer:
         """Open the run's services (closed by ``stack``) and log the start or the resume."""
         writer = MetricsWriter(self.workdir, enabled=self.primary)
         stack.callback(writer.close)
+        writer.truncate_after(rs.examples_seen)  # also drops records of a run killed before its first save
         if resumed:
-            writer.truncate_after(rs.examples_seen)
             epoch = rs.examples_seen / self.N
             writer.write({"event": "resume", "step": rs.step, "examples_seen": rs.examples_seen, "epoch": epoch})
             log.info(
@@ -367,7 +388,7 @@ class Trainer:
                 epoch,
             )
         if self.primary:
-            (self.workdir / "config.json").write_text(config_lib.to_json(self.config))
+            write_text_atomic(self.workdir / "config.json", config_lib.to_json(self.config))
         log.info(
             "plan: N=%d, M=%d, %d phases, %d optimizer steps, %d examples",
             self.N,
@@ -423,32 +444,34 @@ class Trainer:
         wall_s: float,
         clock: TrainClock,
     ) -> dict[str, Any]:
-        return {
-            "final_eval_accuracy": last_eval["accuracy"],
-            "final_eval_loss": last_eval["loss"],
-            "optimizer_steps": rs.step,
-            "examples_seen": rs.examples_seen,
-            "train_compilations": self.counter.train,
-            "wall_s": wall_s,
-            # steps only: eval, checkpoint and compile time excluded (TrainClock)
-            "train_examples_per_s": clock.examples_per_s,
-            "devices": self.num_devices,
-            "processes": jax.process_count(),
-            "config_name": self.config.name,
-            "resumed": resumed,
-            "rollbacks": rs.rollbacks,
-            "skipped_examples": rs.skipped_examples(),
-            "corrupt_examples_skipped": {
-                "train": self.splits.train.corrupt_count,
-                "test": self.splits.test.corrupt_count,
-            },
-            "final_state_sha256": digest,
-        }
+        return json_safe(
+            {
+                "final_eval_accuracy": last_eval["accuracy"],
+                "final_eval_loss": last_eval["loss"],
+                "optimizer_steps": rs.step,
+                "examples_seen": rs.examples_seen,
+                "train_compilations": self.counter.train,
+                "wall_s": wall_s,
+                # steps only: eval, checkpoint and compile time excluded (TrainClock)
+                "train_examples_per_s": clock.examples_per_s,
+                "devices": self.num_devices,
+                "processes": jax.process_count(),
+                "config_name": self.config.name,
+                "resumed": resumed,
+                "rollbacks": rs.rollbacks,
+                "skipped_examples": rs.skipped_examples(),
+                "corrupt_examples_skipped": {
+                    "train": self.splits.train.corrupt_count,
+                    "test": self.splits.test.corrupt_count,
+                },
+                "final_state_sha256": digest,
+            }
+        )
 
     def _write_summary(self, summary: dict[str, Any]) -> None:
         if not self.primary:
             return
-        (self.workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_json(self.workdir / "summary.json", summary)
         try:
             from lbt.tools.curves import plot_curves
 

@@ -1,15 +1,42 @@
 """Metrics sinks: ``metrics.jsonl`` (one JSON object per line) and TensorBoard (tensorboardX).
 
 Only the primary process (``jax.process_index() == 0``) writes; the others get a no-op writer.
+
+Interrupted writes. A kill or a full disk in the middle of a write leaves a *partial last line*
+in ``metrics.jsonl``. Every reader (:func:`read_jsonl`, hence the resume path
+:meth:`MetricsWriter.truncate_after` and the tools) treats a last line that does not decode to a
+JSON object as not written: it is skipped with one warning (logger ``"lbt"``), and
+:class:`MetricsWriter` cuts it off when it opens the file, so the next record starts on a line
+of its own. A last line that *is* a complete JSON object but lacks its newline is kept (a
+truncated object never parses) and the newline is added before appending. A line that does not
+decode *in the middle* of the file is not an interrupted write but damage: it raises
+:class:`MetricsFileError` naming the file and line, and nothing is changed (we never drop
+records silently). :meth:`MetricsWriter.write` removes its own partial record when a write fails
+(e.g. ``ENOSPC``) and raises :class:`MetricsFileError`.
+
+``summary.json`` and other JSON documents go through :func:`write_json`: non-finite floats
+become ``null`` (:func:`json_safe`), ``allow_nan=False``, written atomically (temp file +
+``os.replace``). Records in ``metrics.jsonl`` keep writing non-finite values as the strings
+``"nan"``/``"inf"`` (visible, and still valid JSON).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
+
+from lbt.errors import TrainingError
+
+log = logging.getLogger("lbt")
+
+
+class MetricsFileError(TrainingError):
+    """``metrics.jsonl`` is damaged in the middle, or a record could not be written."""
 
 
 def _clean(v: Any) -> Any:
@@ -20,8 +47,160 @@ def _clean(v: Any) -> Any:
     return v
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with non-finite floats replaced by ``None`` (recursively through dicts, lists and
+    tuples; NumPy/JAX scalars and arrays become Python values), so ``json.dumps(...,
+    allow_nan=False)`` accepts it."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (str, bytes, bool, int)) or obj is None:
+        return obj
+    if isinstance(obj, float):
+        return float(obj) if math.isfinite(obj) else None
+    if hasattr(obj, "tolist"):  # NumPy / JAX scalars and arrays
+        return json_safe(obj.tolist())
+    return obj
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file in the same directory and ``os.replace``: a
+    reader sees the old file or the new one, never a part (and a failed write keeps the old)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, obj: Any, *, indent: int | None = 2) -> None:
+    """Write ``obj`` as strict JSON (non-finite floats -> ``null``), atomically."""
+    write_text_atomic(path, json.dumps(json_safe(obj), indent=indent, allow_nan=False) + "\n")
+
+
+def _decode(line: bytes) -> tuple[dict[str, Any] | None, str]:
+    """The record on ``line`` (None if it is not a JSON object) and why not."""
+    try:
+        rec = json.loads(line)
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        return None, str(e).splitlines()[0]
+    if not isinstance(rec, dict):
+        return None, f"a JSON {type(rec).__name__}, not an object"
+    return rec, ""
+
+
+def _show(line: bytes, limit: int = 60) -> str:
+    text = line[:limit].decode("utf-8", "backslashreplace")
+    return repr(text + ("..." if len(line) > limit else ""))
+
+
+def _warn_partial(path: Path, lineno: int, line: bytes, action: str) -> None:
+    log.warning(
+        "%s: %s a partial last line (line %d, %d bytes: %s) left by an interrupted write",
+        path,
+        action,
+        lineno,
+        len(line),
+        _show(line),
+    )
+
+
+def _last_line(f, size: int) -> tuple[int, bytes]:
+    """Offset and bytes of the last non-blank line of the open binary file ``f`` (``size`` bytes);
+    reads only the tail. ``(size, b"")`` if the file is blank."""
+    block, start, data = 1 << 16, size, b""
+    while True:
+        new_start = max(0, start - block)
+        f.seek(new_start)
+        data = f.read(start - new_start) + data
+        start = new_start
+        end = len(data.rstrip())
+        if end:
+            nl = data.rfind(b"\n", 0, end)
+            if nl >= 0 or start == 0:
+                return start + nl + 1, data[nl + 1 : end]
+        elif start == 0:
+            return size, b""
+        block *= 2
+
+
+def repair_tail(path: str | Path) -> str | None:
+    """Make ``path`` safe to append to: cut off a partial last line (one warning), or add the
+    newline after a complete last record. Returns ``"dropped"``, ``"terminated"`` or None."""
+    path = Path(path)
+    with open(path, "r+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return None
+        offset, line = _last_line(f, size)
+        if line and _decode(line)[0] is None:
+            f.seek(0)
+            lineno = f.read(offset).count(b"\n") + 1
+            _warn_partial(path, lineno, line, "dropped")
+            f.truncate(offset)
+            return "dropped"
+        f.seek(size - 1)
+        if f.read(1) != b"\n":
+            f.seek(0, os.SEEK_END)
+            f.write(b"\n")
+            return "terminated"
+    return None
+
+
+def _scan(path: Path) -> list[tuple[int, int, dict[str, Any]]]:
+    """``(start, end, record)`` of every record line of ``path`` (byte offsets, ``end`` past the
+    newline). A partial last line is skipped with a warning; a bad line before the last raises."""
+    with open(path, "rb") as f:
+        data = f.read()
+    out: list[tuple[int, int, dict[str, Any]]] = []
+    bad = None  # (lineno, line, why) of an undecodable line: fine only if it is the last one
+    pos, lineno = 0, 0
+    while pos < len(data):
+        nl = data.find(b"\n", pos)
+        end = len(data) if nl < 0 else nl + 1
+        line, lineno = data[pos:end].rstrip(b"\r\n"), lineno + 1
+        if line.strip():
+            if bad is not None:
+                raise MetricsFileError(
+                    f"{path} line {bad[0]}: not a JSON record ({bad[2]}; {_show(bad[1])}). The file is damaged in the "
+                    "middle, not just at its end (an interrupted write only leaves a partial last line); nothing was "
+                    "changed. Repair or delete that line, then rerun."
+                )
+            rec, why = _decode(line)
+            if rec is None:
+                bad = (lineno, line, why)
+            else:
+                out.append((pos, end, rec))
+        pos = end
+    if bad is not None:
+        _warn_partial(path, bad[0], bad[1], "ignoring")
+    return out
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a metrics.jsonl file.
+
+    Blank lines are ignored. A last line that is not a JSON object (an interrupted write) is
+    skipped with a warning; such a line anywhere else raises :class:`MetricsFileError` naming
+    the file and line number.
+    """
+    return [rec for _, _, rec in _scan(Path(path))]
+
+
 class MetricsWriter:
-    """Appends records to ``workdir/metrics.jsonl`` and scalars to ``workdir/tb``."""
+    """Appends records to ``workdir/metrics.jsonl`` and scalars to ``workdir/tb``.
+
+    Opening cuts off a partial last line left by an interrupted write (:func:`repair_tail`).
+    Each record is one unbuffered ``write``; if it fails (e.g. the disk is full) the partial
+    record is removed again and :class:`MetricsFileError` is raised.
+    """
 
     def __init__(self, workdir: str | Path, enabled: bool = True, tensorboard: bool = True):
         self.enabled = enabled
@@ -30,17 +209,39 @@ class MetricsWriter:
         self._tb = None
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._f = open(self.path, "a", buffering=1)
+            if self.path.exists():
+                repair_tail(self.path)
+            self._open()
             if tensorboard:
                 from tensorboardX import SummaryWriter
 
                 self._tb = SummaryWriter(str(Path(workdir) / "tb"), flush_secs=10)
 
+    def _open(self) -> None:
+        self._f = open(self.path, "ab", buffering=0)
+
+    def _append(self, data: bytes) -> None:
+        fd = self._f.fileno()
+        size = os.fstat(fd).st_size  # O_APPEND: the record starts here (the workdir lock makes us the only writer)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError as e:
+            try:
+                os.ftruncate(fd, size)
+            except OSError:
+                pass
+            raise MetricsFileError(
+                f"could not append to {self.path}: {e.strerror or e}; the partial record was removed. "
+                "Free space and rerun the same command to resume from the last checkpoint."
+            ) from e
+
     def write(self, record: dict[str, Any], tb_step: int | None = None, prefix: str = "") -> None:
         if not self.enabled:
             return
         rec = {k: _clean(v) for k, v in record.items()}
-        self._f.write(json.dumps(rec) + "\n")
+        self._append((json.dumps(rec) + "\n").encode())
         if self._tb is not None and tb_step is not None:
             for k, v in rec.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("examples_seen",):
@@ -49,21 +250,39 @@ class MetricsWriter:
     def truncate_after(self, examples_seen: int) -> None:
         """Drop train/eval records past ``examples_seen`` (a resume or rollback regenerates them).
 
-        Event records (``"event"`` key) are kept.
+        Event records (``"event"`` key) are kept; a partial last line is dropped. A line damaged
+        in the middle raises :class:`MetricsFileError` and changes nothing. When only a tail goes
+        the file is cut in place (no free space needed, e.g. resuming on a full disk); otherwise
+        it is replaced atomically.
         """
         if not self.enabled:
             return
         self._f.close()
-        records = read_jsonl(self.path) if self.path.exists() else []
-        keep = [r for r in records if "event" in r or r.get("examples_seen", 0) <= examples_seen]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-        tmp.replace(self.path)
-        self._f = open(self.path, "a", buffering=1)
+        try:
+            lines = _scan(self.path) if self.path.exists() else []
+            keep = ["event" in r or r.get("examples_seen", 0) <= examples_seen for _, _, r in lines]
+            first_drop = keep.index(False) if False in keep else len(keep)
+            if not any(keep[first_drop:]):
+                # The common case: only a tail goes. Cut it in place, which needs no free space
+                # (a resume on a full disk must not fail here).
+                if self.path.exists():
+                    cut = lines[first_drop][0] if first_drop < len(lines) else (lines[-1][1] if lines else 0)
+                    with open(self.path, "r+b") as f:
+                        f.truncate(cut)  # also cuts a partial last line
+                    repair_tail(self.path)  # the newline after the last record
+            else:
+                text = "".join(json.dumps(r) + "\n" for (_, _, r), k in zip(lines, keep, strict=True) if k)
+                try:
+                    write_text_atomic(self.path, text)
+                except OSError as e:
+                    raise MetricsFileError(
+                        f"could not rewrite {self.path}: {e.strerror or e}; it is unchanged. Free space and rerun."
+                    ) from e
+        finally:
+            self._open()
 
     def flush(self) -> None:
-        if self._f:
-            self._f.flush()
+        # records are written unbuffered; only TensorBoard buffers
         if self._tb:
             self._tb.flush()
 
@@ -74,12 +293,6 @@ class MetricsWriter:
         if self._tb:
             self._tb.close()
             self._tb = None
-
-
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a metrics.jsonl file."""
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 class PendingMetrics:

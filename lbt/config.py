@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "lars", "lamb")
 DTYPES = ("float32", "bfloat16")
 NONFINITE_POLICIES = ("stop", "rollback")
+GRAD_REDUCTIONS = ("auto", "flat", "per_leaf")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -77,6 +78,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.max_rollbacks = 3  # rollback: stop with an error after this many rollbacks in one run
     c.train.max_skipped_fraction = 0.05  # rollback: ... or once this fraction of the run's examples is skipped
     c.train.progress = True  # progress bar on stderr
+    # auto: flat on CPU (one rendezvous), per_leaf on GPU/TPU (each leaf's all-reduce can start early)
+    c.train.grad_reduction = "auto"  # auto | flat | per_leaf
+    c.train.steps_in_flight = -1  # steps dispatched ahead of the host: -1 auto (1 on CPU, unbounded else)
+    c.train.device_prefetch = 2  # microbatches transferred to the devices ahead of use
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_epochs = 0.0  # 0 = off (any of the three may trigger)
@@ -303,6 +308,16 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_train: 
         raise ConfigError("model.bn_momentum", f"must be in [0, 1), got {config.model.bn_momentum}")
     if config.train.log_every_steps < 1:
         raise ConfigError("train.log_every_steps", f"must be >= 1, got {config.train.log_every_steps}")
+    if config.train.grad_reduction not in GRAD_REDUCTIONS:
+        raise ConfigError(
+            "train.grad_reduction", f"unknown layout {config.train.grad_reduction!r}; choose auto, flat or per_leaf"
+        )
+    if config.train.steps_in_flight < -1:
+        raise ConfigError(
+            "train.steps_in_flight", f"must be -1 (auto), 0 (unbounded) or >= 1, got {config.train.steps_in_flight}"
+        )
+    if config.train.device_prefetch < 0:
+        raise ConfigError("train.device_prefetch", f"must be >= 0, got {config.train.device_prefetch}; e.g. 2")
     m = config.train.global_microbatch
     if m <= 0:
         raise ConfigError("train.global_microbatch", f"must be positive, got {m}")

@@ -120,6 +120,9 @@ def test_one_all_reduce_per_step_in_compiled_hlo(G, accum_reduces):
     for k in (1, 8):  # the same program serves every k: exactly one gradient all-reduce
         apply_hlo = progs.apply.lower(state, acc, np.int32(k), np.float32(0.1), np.float32(0.9)).compile().as_text()
         assert _count_all_reduces(apply_hlo) == 1
+        hyper = np.int32(k), np.float32(0.1), np.float32(0.9)
+        final_hlo = progs.final.lower(state, acc, xa, ya, *hyper).compile().as_text()
+        assert _count_all_reduces(final_hlo) == n_accum + 1  # the last microbatch's BN psums + the reduction
 
 
 def test_growing_batch_compiles_nothing_new(tmp_path):
@@ -133,7 +136,8 @@ def test_growing_batch_compiles_nothing_new(tmp_path):
         {r["global_batch"] for r in read_jsonl(tmp_path / "four" / "metrics.jsonl") if "global_batch" in r}
     )
     assert batches == [32, 64, 128, 256]  # 4 phases, k = 1, 2, 4, 8
-    assert s1["train_compilations"] == s4["train_compilations"] == 2  # accum + apply, once each
+    assert s1["train_compilations"] == 1  # k = 1 throughout: a step is the one final program
+    assert s4["train_compilations"] == 2  # accum + final, once each, for k = 1, 2, 4, 8
     assert s4["optimizer_steps"] < s1["optimizer_steps"]
 
 
@@ -155,3 +159,85 @@ def test_sharded_matches_single_device(tmp_path):
     l8, l1 = np.array([r["loss"] for r in r8]), np.array([r["loss"] for r in r1])
     np.testing.assert_allclose(l8, l1, rtol=2e-3, atol=2e-4)
     assert abs(s8["final_eval_accuracy"] - s1["final_eval_accuracy"]) <= 1 / 359 + 1e-9
+
+
+def _step_results(progs, state, batches, k, fused: bool):
+    """One optimizer step over ``batches[:k]``: k - 1 accum + final, or k accum + apply."""
+    acc = progs.zeros_acc(state)
+    hyper = np.int32(k), np.float32(0.3), np.float32(0.9)
+    if fused:
+        for x, y in batches[: k - 1]:
+            acc = progs.accum(state, acc, x, y)
+        new, _, metrics = progs.final(state, acc, *batches[k - 1], *hyper)
+    else:
+        for x, y in batches[:k]:
+            acc = progs.accum(state, acc, x, y)
+        new, _, metrics = progs.apply(state, acc, *hyper)
+    return jax.tree.map(np.asarray, (new, metrics))
+
+
+def _assert_bitwise_equal(a, b):
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        u, v = np.asarray(u), np.asarray(v)
+        assert u.dtype == v.dtype and u.shape == v.shape
+        assert u.tobytes() == v.tobytes()
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_fused_final_and_both_reductions_are_bit_identical(k):
+    """final (last microbatch + reduction + update in one program) == k accum + apply, bit for bit;
+    per_leaf == flat bit for bit (the same means, element by element)."""
+    config = small_config()
+    M = config.train.global_microbatch
+    mesh = make_mesh()
+    splits = load_digits_splits()
+    model = build_model(config, 10, 8)
+    tx = make_optimizer(config)
+    stream = TrainStream(splits.train, seed=1, microbatch=M)
+    batches = []
+    for i in range(k):
+        x, y = stream.local_microbatch(i * M)
+        batches.append((global_batch_array(mesh, x, M), global_batch_array(mesh, y, M)))
+    results = {}
+    for reduction in ("flat", "per_leaf"):
+        progs = build_programs(model, tx, mesh, num_classes=10, bn_momentum=0.9, reduction=reduction)
+        for fused in (False, True):
+            state = init_state(model, tx, mesh, (8, 8, 1), seed=0)  # a fresh one: steps donate it
+            results[reduction, fused] = _step_results(progs, state, batches, k, fused)
+    ref = results["flat", False]
+    assert np.isfinite(ref[1]["loss"]) and int(ref[0].step) == 1
+    for got in results.values():
+        _assert_bitwise_equal(got, ref)
+
+
+def _all_reduce_elements(compiled_text: str) -> int:
+    """Elements all-reduced, summed over the all-reduce ops of a compiled HLO module."""
+    total = 0
+    for line in compiled_text.splitlines():
+        if re.search(r"\ball-reduce(?:-start)?\(", line) and "=" in line:
+            shapes = line.split("=", 1)[1].split("all-reduce", 1)[0]
+            for dims in re.findall(r"f32\[([0-9,]*)\]", shapes):
+                total += int(np.prod([int(d) for d in dims.split(",") if d])) if dims else 1
+    return total
+
+
+def test_per_leaf_reduction_moves_the_same_bytes():
+    config = small_config()
+    M = config.train.global_microbatch
+    mesh = make_mesh()
+    splits = load_digits_splits()
+    model = build_model(config, 10, 8)
+    tx = make_optimizer(config)
+    x, y = TrainStream(splits.train, 0, M).local_microbatch(0)
+    xa, ya = global_batch_array(mesh, x, M), global_batch_array(mesh, y, M)
+    counts = {}
+    for reduction in ("flat", "per_leaf"):
+        progs = build_programs(model, tx, mesh, num_classes=10, bn_momentum=0.9, reduction=reduction)
+        state = init_state(model, tx, mesh, (8, 8, 1), seed=0)
+        acc = progs.zeros_acc(state)
+        hlo = progs.final.lower(state, acc, xa, ya, np.int32(1), np.float32(0.1), np.float32(0.9)).compile()
+        counts[reduction] = (_count_all_reduces(hlo.as_text()), _all_reduce_elements(hlo.as_text()))
+    n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(state.params))
+    n_stats = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(state.batch_stats))
+    assert counts["flat"] == (1, n_params + n_stats + 1)  # gradients, BN increments, loss
+    assert counts["per_leaf"][1] == counts["flat"][1]  # the same bytes, in one or more operands

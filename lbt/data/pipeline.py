@@ -1,14 +1,20 @@
 """Fixed-size global microbatches in the deterministic order, per-process slices, prefetching.
 
 Each process loads only its contiguous slice of every global microbatch of M examples; the
-trainer assembles the global array with ``jax.make_array_from_process_local_data``.
+trainer assembles the global array with ``jax.make_array_from_process_local_data``. With
+``raw=True`` the images travel in the source's wire dtype (uint8 for image data, a quarter of
+float32's bytes) and the programs normalise them on the device (:attr:`Source.input_lut`).
+:func:`prefetch_to_devices` keeps a few microbatches transferred ahead of use, so transfers
+overlap compute.
 """
 
 from __future__ import annotations
 
+import collections
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import numpy as np
 
@@ -20,14 +26,27 @@ PUT_POLL_S = 0.1
 JOIN_TIMEOUT_S = 1.0
 """How long closing the stream waits for the loader thread to end."""
 
+T = TypeVar("T")
+U = TypeVar("U")
+
 
 class TrainStream:
     """Microbatches of the run, addressed by global position (= examples seen)."""
 
-    def __init__(self, source: Source, seed: int, microbatch: int, process_index: int = 0, process_count: int = 1):
+    def __init__(
+        self,
+        source: Source,
+        seed: int,
+        microbatch: int,
+        process_index: int = 0,
+        process_count: int = 1,
+        *,
+        raw: bool = False,
+    ):
         self.source = source
         self.seed = seed
         self.microbatch = microbatch
+        self.raw = raw  # images in the source's wire dtype (normalised on the device)
         self.lo, self.hi = process_slice(microbatch, process_index, process_count)
 
     def local_microbatch(self, position: int) -> tuple[np.ndarray, np.ndarray]:
@@ -36,6 +55,9 @@ class TrainStream:
         count = self.hi - self.lo
         idx = example_indices(self.seed, len(self.source), start, count)
         positions = np.arange(start, start + count, dtype=np.int64)
+        if self.raw:
+            images, labels, _ = self.source.get_raw(idx, positions, True)
+            return images, labels
         return self.source.get(idx, positions, True)
 
     def iterate(self, start: int, prefetch: int = 8) -> Iterator[tuple[int, tuple[np.ndarray, np.ndarray]]]:
@@ -80,11 +102,31 @@ def _put(q: queue.Queue, item: object, stop: threading.Event) -> bool:
     return False
 
 
-def eval_batches(source: Source, microbatch: int, process_index: int = 0, process_count: int = 1):
+def prefetch_to_devices(items: Iterator[T], put: Callable[[T], U], depth: int) -> Iterator[U]:
+    """``put`` (a host-to-device transfer; asynchronous in JAX) applied ``depth`` items ahead of
+    use. Closing this generator closes ``items``."""
+    buffer: collections.deque[U] = collections.deque()
+    try:
+        for item in items:
+            buffer.append(put(item))
+            if len(buffer) > depth:
+                yield buffer.popleft()
+        while buffer:
+            yield buffer.popleft()
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
+
+
+def eval_batches(
+    source: Source, microbatch: int, process_index: int = 0, process_count: int = 1, *, raw: bool = False
+):
     """Yield ``(images, labels, mask)`` local slices covering the split exactly once.
 
     The last batch is padded (by repeating example 0) and masked, never dropped. Corrupt examples
-    a source replaced (tfds, ``dataset.on_corrupt='skip'``) are masked out too.
+    a source replaced (tfds, ``dataset.on_corrupt='skip'``) are masked out too. ``raw``: images in
+    the source's wire dtype.
     """
     n = len(source)
     lo, hi = process_slice(microbatch, process_index, process_count)
@@ -92,5 +134,5 @@ def eval_batches(source: Source, microbatch: int, process_index: int = 0, proces
         pos = np.arange(start + lo, start + hi)
         mask = pos < n
         idx = np.where(mask, pos, 0)
-        images, labels, ok = source.get_with_mask(idx, pos, False)
+        images, labels, ok = (source.get_raw if raw else source.get_with_mask)(idx, pos, False)
         yield images, labels, (mask & ok).astype(np.float32)

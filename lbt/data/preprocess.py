@@ -43,9 +43,30 @@ EVAL_CROP_FRACTION = 0.875
 _AUGMENT_STREAM = 0x6C6274  # "lbt"
 
 
+def apply_lut(images: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """float32 ``lut[c, v]`` for each uint8 pixel ``v`` of channel ``c`` of ``images [..., C]``."""
+    return lut[np.arange(lut.shape[0]), images]
+
+
+def normalization_lut(mean: np.ndarray, std: np.ndarray, scale: float | None = None) -> np.ndarray:
+    """float32 ``[C, 256]`` table of ``((v [* scale]) - mean[c]) / std[c]`` for v = 0..255, computed
+    with the same float32 operations as the per-pixel normalisation, so it is bit-identical."""
+    v = np.arange(256, dtype=np.float32)[None, :]
+    if scale is not None:
+        v = v * np.float32(scale)
+    mean = np.asarray(mean, np.float32).reshape(-1, 1)
+    std = np.asarray(std, np.float32).reshape(-1, 1)
+    return ((v - mean) / std).astype(np.float32, copy=False)
+
+
 def example_rng(seed: int, position: int) -> np.random.Generator:
     """The random generator of the example at global ``position`` in a run with ``seed``."""
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(position), _AUGMENT_STREAM])
+
+
+def lut_for(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """The :func:`normalization_lut` of :func:`normalize` (``x / 255``, then mean and std)."""
+    return normalization_lut(mean, std, scale=1.0 / 255.0)
 
 
 def normalize(image: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -78,13 +99,18 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
 
 def cifar_train(image: np.ndarray, rng: np.random.Generator, pad: int = CIFAR_PAD) -> np.ndarray:
     """Zero-pad ``pad`` pixels, random crop back to the input size, random flip, normalise."""
+    return normalize(cifar_train_u8(image, rng, pad), CIFAR_MEAN, CIFAR_STD)
+
+
+def cifar_train_u8(image: np.ndarray, rng: np.random.Generator, pad: int = CIFAR_PAD) -> np.ndarray:
+    """:func:`cifar_train` before the normalisation (uint8)."""
     h, w, _ = image.shape
     padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="constant", constant_values=0)
     dy, dx = (int(v) for v in rng.integers(0, 2 * pad + 1, size=2))
     crop = padded[dy : dy + h, dx : dx + w]
     if rng.random() < 0.5:
         crop = crop[:, ::-1]
-    return normalize(crop, CIFAR_MEAN, CIFAR_STD)
+    return crop
 
 
 def cifar_eval(image: np.ndarray) -> np.ndarray:
@@ -134,12 +160,17 @@ def _resize(
 
 def imagenet_train(image: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
     """Random resized crop to ``size`` x ``size``, random flip, normalise."""
+    return normalize(imagenet_train_u8(image, rng, size), IMAGENET_MEAN, IMAGENET_STD)
+
+
+def imagenet_train_u8(image: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
+    """:func:`imagenet_train` before the normalisation (uint8)."""
     image = as_rgb(image)
     top, left, h, w = sample_crop(image.shape[0], image.shape[1], rng)
     out = _resize(image, (size, size), box=(left, top, left + w, top + h))
     if rng.random() < 0.5:
         out = out[:, ::-1]
-    return normalize(out, IMAGENET_MEAN, IMAGENET_STD)
+    return out
 
 
 def eval_resize_size(size: int) -> int:
@@ -149,6 +180,11 @@ def eval_resize_size(size: int) -> int:
 
 def imagenet_eval(image: np.ndarray, size: int) -> np.ndarray:
     """Resize the shorter side to ``size / 0.875``, center crop ``size`` x ``size``, normalise."""
+    return normalize(imagenet_eval_u8(image, size), IMAGENET_MEAN, IMAGENET_STD)
+
+
+def imagenet_eval_u8(image: np.ndarray, size: int) -> np.ndarray:
+    """:func:`imagenet_eval` before the normalisation (uint8)."""
     image = as_rgb(image)
     h, w = image.shape[:2]
     short = eval_resize_size(size)
@@ -158,7 +194,7 @@ def imagenet_eval(image: np.ndarray, size: int) -> np.ndarray:
         nh, nw = max(short, int(round(h * short / w))), short
     resized = _resize(image, (nw, nh))
     top, left = (nh - size) // 2, (nw - size) // 2
-    return normalize(resized[top : top + size, left : left + size], IMAGENET_MEAN, IMAGENET_STD)
+    return resized[top : top + size, left : left + size]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,15 +227,31 @@ class Preprocessor:
             raise ValueError(f"empty image of shape {image.shape}")
         return image
 
-    def train(self, image: np.ndarray, seed: int, position: int) -> np.ndarray:
+    @property
+    def lut(self) -> np.ndarray:
+        """float32 ``[3, 256]``: the normalised value of each uint8 pixel value, per channel."""
+        return lut_for(*self.mean_std)
+
+    @property
+    def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
+        return (CIFAR_MEAN, CIFAR_STD) if self.kind == "cifar" else (IMAGENET_MEAN, IMAGENET_STD)
+
+    def train_u8(self, image: np.ndarray, seed: int, position: int) -> np.ndarray:
+        """The augmented crop, uint8 (normalised by :meth:`train`, or on the device)."""
         if not self.augment:
-            return self.eval(image)
+            return self.eval_u8(image)
         rng = example_rng(seed, position)
         if self.kind == "cifar":
-            return cifar_train(image, rng)
-        return imagenet_train(image, rng, self.image_size)
+            return cifar_train_u8(image, rng)
+        return imagenet_train_u8(image, rng, self.image_size)
+
+    def eval_u8(self, image: np.ndarray) -> np.ndarray:
+        if self.kind == "cifar":
+            return image
+        return imagenet_eval_u8(image, self.image_size)
+
+    def train(self, image: np.ndarray, seed: int, position: int) -> np.ndarray:
+        return normalize(self.train_u8(image, seed, position), *self.mean_std)
 
     def eval(self, image: np.ndarray) -> np.ndarray:
-        if self.kind == "cifar":
-            return cifar_eval(image)
-        return imagenet_eval(image, self.image_size)
+        return normalize(self.eval_u8(image), *self.mean_std)

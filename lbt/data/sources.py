@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lbt.data.preprocess import apply_lut, normalization_lut
 from lbt.data.types import Splits, split_sizes
 from lbt.errors import ConfigError
 
@@ -28,9 +29,13 @@ _NPZ_HINT = "write it with np.savez(path, images=images, labels=labels)"
 
 @dataclasses.dataclass
 class ArraySource:
-    images: np.ndarray  # float32 [N, H, W, C], normalised
+    """In-memory images with random access. ``images`` are the wire values: uint8 pixels (with
+    ``lut`` mapping them to normalised float32) or float32 already normalised (``lut`` None)."""
+
+    images: np.ndarray  # uint8 or float32 [N, H, W, C]
     labels: np.ndarray  # int32 [N]
     num_classes: int
+    lut: np.ndarray | None = None  # float32 [C, 256] for uint8 images
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -44,13 +49,21 @@ class ArraySource:
         """Always 0: in-memory arrays have no corrupt examples."""
         return 0
 
+    @property
+    def input_lut(self) -> np.ndarray | None:
+        return self.lut
+
     def get(self, indices: np.ndarray, positions: np.ndarray | None = None, train: bool = True):
-        return self.images[indices], self.labels[indices]
+        images = self.images[indices]
+        return (apply_lut(images, self.lut) if self.lut is not None else images), self.labels[indices]
 
     def get_with_mask(self, indices: np.ndarray, positions: np.ndarray | None = None, train: bool = True):
         """:meth:`get` plus an all-True mask (nothing is ever replaced)."""
         images, labels = self.get(indices, positions, train)
         return images, labels, np.ones(labels.shape[0], dtype=bool)
+
+    def get_raw(self, indices: np.ndarray, positions: np.ndarray | None = None, train: bool = True):
+        return self.images[indices], self.labels[indices], np.ones(len(indices), dtype=bool)
 
 
 def _holdout(
@@ -59,21 +72,32 @@ def _holdout(
     """Deterministic shuffled train/test split, normalised with train-split statistics."""
     if not 0.0 < test_fraction < 1.0:
         raise ConfigError("dataset.test_fraction", f"must be in (0, 1), got {test_fraction}")
-    images = images.astype(np.float32)
-    if images.ndim == 3:
-        images = images[..., None]
+    pixels = images[..., None] if images.ndim == 3 else images
+    images = pixels.astype(np.float32)
     n_train, _ = split_sizes(len(labels), test_fraction)
     perm = np.random.default_rng(seed).permutation(len(labels))
     tr, te = perm[:n_train], perm[n_train:]
     mean = images[tr].mean(axis=(0, 1, 2), keepdims=True)
     std = images[tr].std(axis=(0, 1, 2), keepdims=True) + 1e-6
-    images = (images - mean) / std
     labels = labels.astype(np.int32)
+    if _is_uint8_valued(pixels):  # e.g. digits (0..16), MNIST: uint8 on the wire, normalised on device
+        wire, lut = pixels.astype(np.uint8), normalization_lut(mean, std)
+    else:
+        wire, lut = (images - mean) / std, None
     return Splits(
-        ArraySource(np.ascontiguousarray(images[tr]), labels[tr], num_classes),
-        ArraySource(np.ascontiguousarray(images[te]), labels[te], num_classes),
+        ArraySource(np.ascontiguousarray(wire[tr]), labels[tr], num_classes, lut),
+        ArraySource(np.ascontiguousarray(wire[te]), labels[te], num_classes, lut),
         name,
     )
+
+
+def _is_uint8_valued(pixels: np.ndarray) -> bool:
+    """True if every pixel is an integer in [0, 255] (so uint8 represents it exactly)."""
+    if pixels.dtype == np.uint8:
+        return True
+    if pixels.dtype.kind not in "iuf" or pixels.size == 0:
+        return False
+    return bool(pixels.min() >= 0 and pixels.max() <= 255 and np.all(np.floor(pixels) == pixels))
 
 
 def load_digits_splits(test_fraction: float = 0.2, seed: int = 0) -> Splits:

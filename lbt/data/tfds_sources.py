@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from lbt.data.preprocess import Preprocessor
+from lbt.data.preprocess import Preprocessor, apply_lut
 from lbt.data.types import DatasetInfo, Splits
 from lbt.errors import ConfigError, TrainingError
 
@@ -178,6 +178,7 @@ class TfdsSource:
             raise ConfigError("dataset.on_corrupt", f"unknown policy {on_corrupt!r}; choose error or skip")
         self.name, self.split = name, split
         self.preprocessor = preprocessor
+        self._lut = preprocessor.lut
         self.seed = int(seed)
         self.on_corrupt = on_corrupt
         self._source = data_source
@@ -263,7 +264,8 @@ class TfdsSource:
     def _load(self, request: tuple[int, int, bool, Any]) -> tuple[np.ndarray, int, bool]:
         index, position, train, record = request
         image, label, ok = self._good_example(index, record)
-        out = self.preprocessor.train(image, self.seed, position) if train else self.preprocessor.eval(image)
+        pre = self.preprocessor
+        out = pre.train_u8(image, self.seed, position) if train else pre.eval_u8(image)
         return out, label, ok
 
     def _read_batch(self, indices: Sequence[int]) -> list[Any]:
@@ -288,6 +290,15 @@ class TfdsSource:
         """:meth:`get` plus a bool ``[n]`` mask, False where a corrupt example was replaced (skip).
 
         Eval uses the mask so that a skipped example counts nowhere (not twice)."""
+        images, labels, ok = self.get_raw(indices, positions, train)
+        return apply_lut(images, self._lut), labels, ok
+
+    @property
+    def input_lut(self) -> np.ndarray:
+        return self._lut
+
+    def get_raw(self, indices: np.ndarray, positions: np.ndarray | None = None, train: bool = True):
+        """:meth:`get_with_mask` with uint8 images before normalisation (see :attr:`input_lut`)."""
         indices = [int(i) for i in np.asarray(indices).reshape(-1)]
         if positions is None:
             positions = indices
@@ -303,7 +314,7 @@ class TfdsSource:
         else:
             out = [ds[k] for k in range(len(requests))]
         h, w, c = self.image_shape
-        images = np.empty((len(out), h, w, c), np.float32)
+        images = np.empty((len(out), h, w, c), np.uint8)
         labels = np.empty((len(out),), np.int32)
         ok = np.empty((len(out),), bool)
         for k, (img, lab, good) in enumerate(out):

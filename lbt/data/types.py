@@ -72,6 +72,20 @@ class Source(Protocol):
         """:meth:`get` plus a bool ``[n]`` mask, False where a corrupt example was replaced."""
         ...
 
+    @property
+    def input_lut(self) -> np.ndarray | None:
+        """float32 ``[C, 256]``: ``input_lut[c, v]`` is the normalised value of uint8 pixel ``v`` of
+        channel ``c``, exactly as :meth:`get` computes it; None if :meth:`get_raw` gives float32
+        images that are already normalised."""
+        ...
+
+    def get_raw(
+        self, indices: np.ndarray, positions: np.ndarray | None = None, train: bool = True
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`get_with_mask` with the images in the wire dtype: uint8 before normalisation when
+        :attr:`input_lut` is set (``get`` = ``input_lut`` applied to these), else float32."""
+        ...
+
 
 @dataclasses.dataclass
 class Splits:

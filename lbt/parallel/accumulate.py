@@ -1,17 +1,31 @@
-"""Microbatch accumulation with one all-reduce per optimizer step (docs/design.md, semantics 2-3).
+"""Microbatch accumulation with one gradient reduction per optimizer step (docs/design.md,
+semantics 2-3).
 
 Two jitted ``shard_map`` programs with fixed shapes serve every batch size:
 
 * ``accum(state, acc, images, labels)``: each device adds the float32 gradient of its b = M / D
   examples to its own accumulator. No collective, except the small channel-sum psums of
   cross-replica ghost BN when G > b.
-* ``apply(state, acc, k, lr, momentum)``: one ``pmean`` of the flattened accumulators (gradients,
-  BN-statistic increments, loss), division by k, the optax update; it returns the new state,
+* ``final(state, acc, images, labels, k, lr, momentum)``: the last microbatch's gradient, added
+  to the accumulator as ``accum`` does, then the one reduction of the step (gradients,
+  BN-statistic increments and loss), division by k, the optax update. It returns the new state,
   fresh zero accumulators (reusing the donated buffers) and the step's metrics.
 
-An optimizer step with global batch B = k * M runs ``accum`` k times and ``apply`` once, so
-growing the batch compiles nothing new. Non-finite steps are skipped on device (parameters and
-optimizer state are left unchanged) and reported in the metrics, for the loop's policy.
+An optimizer step with global batch B = k * M runs ``accum`` k - 1 times and ``final`` once (one
+program at k = 1), so growing the batch compiles nothing new. Because the reduction sits in the
+same program as the last backward pass, XLA may overlap the two on GPU/TPU.
+
+The reduction's layout is ``reduction``: ``"flat"`` ravels everything into one float32 vector and
+does one ``pmean`` (XLA:CPU performs one rendezvous per operand, so one operand is cheapest there);
+``"per_leaf"`` does a ``pmean`` per leaf, so XLA can start each gradient's all-reduce as soon as it
+exists and combine them into one variadic all-reduce of the same bytes (the usual choice on
+accelerators). Both give identical results. ``apply`` (the reduction and update alone) is kept as
+the reference the tests compare ``final`` with.
+
+Input images arrive as the source's wire dtype (uint8 for image data) and are normalised on the
+device by a lookup table (``input_lut``, float32 ``[C, 256]``), which reproduces the host
+normalisation bit for bit. Non-finite steps are skipped on device (parameters and optimizer
+state are left unchanged) and reported in the metrics, for the loop's policy.
 """
 
 from __future__ import annotations
@@ -22,6 +36,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh
@@ -31,24 +46,56 @@ from lbt.parallel.mesh import DATA, data_sharded, replicated
 from lbt.train.losses import cross_entropy
 from lbt.train.state import TrainState
 
+REDUCTIONS = ("flat", "per_leaf")
+
 
 @dataclasses.dataclass
 class TrainPrograms:
     """The jitted programs of one run, built for a fixed mesh and microbatch."""
 
     accum: Callable
+    final: Callable
     apply: Callable
     evaluate: Callable
     zeros_acc: Callable
+    zeros_eval: Callable
 
 
-def _step_bodies(model: Any, tx: optax.GradientTransformation, num_classes: int, mu: float, label_smoothing: float):
-    """The per-device bodies of ``accum`` and ``apply`` (run inside ``shard_map``)."""
+def normalize_on_device(images: jax.Array, lut: np.ndarray | None) -> jax.Array:
+    """Float32 images from the wire dtype: ``lut[c, v]`` for uint8 pixel v of channel c (the host's
+    normalisation, precomputed per value, so the result is bit-identical); float32 as is."""
+    if lut is None:
+        return images.astype(jnp.float32)
+    table = jnp.asarray(lut, jnp.float32)
+    channels = jnp.arange(table.shape[0], dtype=jnp.int32)
+    return table[channels, images.astype(jnp.int32)]
+
+
+def _pmean(tree: Any, reduction: str) -> Any:
+    """The mean over the data axis: one flat vector, or one pmean per leaf."""
+    if reduction == "flat":
+        flat, unravel = ravel_pytree(tree)
+        return unravel(jax.lax.pmean(flat, DATA))
+    return jax.tree.map(lambda a: jax.lax.pmean(a, DATA), tree)
+
+
+def _step_bodies(
+    model: Any,
+    tx: optax.GradientTransformation,
+    num_classes: int,
+    mu: float,
+    label_smoothing: float,
+    reduction: str,
+    lut: np.ndarray | None,
+):
+    """The per-device bodies of ``accum``, ``final`` and ``apply`` (run inside ``shard_map``)."""
 
     def local_grads(state: TrainState, images, labels):
+        x = normalize_on_device(images, lut)
+
         def loss_fn(params):
             logits, new_vars = model.apply(
-                {"params": params, "batch_stats": state.batch_stats}, images, train=True, mutable=["batch_stats"]
+                {"params": params, "batch_stats": state.batch_stats}, x, train=True, mutable=["batch_stats"]
             )
             loss = cross_entropy(logits, labels, num_classes, label_smoothing).mean()
             return loss, new_vars["batch_stats"]
@@ -71,8 +118,7 @@ def _step_bodies(model: Any, tx: optax.GradientTransformation, num_classes: int,
 
     def apply_body(state: TrainState, acc, k, lr, momentum):
         local = jax.tree.map(lambda a: a[0], acc)
-        flat, unravel = ravel_pytree(local)
-        mean = unravel(jax.lax.pmean(flat, DATA))  # the one all-reduce of the step
+        mean = _pmean(local, reduction)  # the one reduction of the step
         kf = k.astype(jnp.float32)
         grads = jax.tree.map(lambda g: g / kf, mean["grads"])
         loss = mean["loss"] / kf
@@ -95,7 +141,10 @@ def _step_bodies(model: Any, tx: optax.GradientTransformation, num_classes: int,
         metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite}
         return new_state, jax.tree.map(jnp.zeros_like, acc), metrics
 
-    return accum_body, apply_body
+    def final_body(state: TrainState, acc, images, labels, k, lr, momentum):
+        return apply_body(state, accum_body(state, acc, images, labels), k, lr, momentum)
+
+    return accum_body, final_body, apply_body
 
 
 def build_programs(
@@ -106,35 +155,47 @@ def build_programs(
     num_classes: int,
     bn_momentum: float,
     label_smoothing: float = 0.0,
+    reduction: str = "flat",
+    input_lut: np.ndarray | None = None,
 ) -> TrainPrograms:
-    """Build ``accum``, ``apply``, ``evaluate`` and the accumulator factory for ``model``."""
+    """Build ``accum``, ``final``, ``apply``, ``evaluate`` and the zero factories for ``model``."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     n_dev = mesh.devices.size
     rep, shard = replicated(mesh), data_sharded(mesh)
-    accum_body, apply_body = _step_bodies(model, tx, num_classes, float(bn_momentum), label_smoothing)
+    bodies = _step_bodies(model, tx, num_classes, float(bn_momentum), label_smoothing, reduction, input_lut)
+    accum_body, final_body, apply_body = bodies
+    batch = (P(DATA), P(DATA))  # images, labels
+    step_out = (P(), P(DATA), P())  # state, zeroed accumulators, metrics
     accum = jax.jit(
-        jax.shard_map(
-            accum_body, mesh=mesh, in_specs=(P(), P(DATA), P(DATA), P(DATA)), out_specs=P(DATA), check_vma=False
-        ),
+        jax.shard_map(accum_body, mesh=mesh, in_specs=(P(), P(DATA), *batch), out_specs=P(DATA), check_vma=False),
         donate_argnums=(1,),
+    )
+    final = jax.jit(
+        jax.shard_map(
+            final_body, mesh=mesh, in_specs=(P(), P(DATA), *batch, P(), P(), P()), out_specs=step_out, check_vma=False
+        ),
+        donate_argnums=(0, 1),
     )
     apply = jax.jit(
         jax.shard_map(
-            apply_body,
-            mesh=mesh,
-            in_specs=(P(), P(DATA), P(), P(), P()),
-            out_specs=(P(), P(DATA), P()),
-            check_vma=False,
+            apply_body, mesh=mesh, in_specs=(P(), P(DATA), P(), P(), P()), out_specs=step_out, check_vma=False
         ),
         donate_argnums=(0, 1),
     )
 
-    def eval_fn(state: TrainState, images, labels, mask):
-        logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, images, train=False)
+    def eval_fn(state: TrainState, images, labels, mask, totals):
+        x = normalize_on_device(images, input_lut)
+        logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, x, train=False)
         loss = cross_entropy(logits, labels, num_classes)
         correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-        return {"correct": (correct * mask).sum(), "loss": (loss * mask).sum(), "count": mask.sum()}
+        batch_sums = {"correct": (correct * mask).sum(), "loss": (loss * mask).sum(), "count": mask.sum()}
+        return jax.tree.map(jnp.add, totals, batch_sums)
 
-    evaluate = jax.jit(eval_fn, in_shardings=(rep, shard, shard, shard), out_shardings=rep)
+    # The sums stay on the device; the loop reads them once per eval.
+    evaluate = jax.jit(eval_fn, in_shardings=(rep, shard, shard, shard, rep), out_shardings=rep, donate_argnums=(4,))
+    zero = lambda: jnp.zeros((), jnp.float32)  # noqa: E731
+    zeros_eval = jax.jit(lambda: {"correct": zero(), "loss": zero(), "count": zero()}, out_shardings=rep)
 
     def make_zeros(state: TrainState):
         z = lambda t: jax.tree.map(lambda a: jnp.zeros((n_dev,) + a.shape, jnp.float32), t)  # noqa: E731
@@ -142,4 +203,4 @@ def build_programs(
 
     # The initial accumulators carry accum's output sharding, or accum would compile twice.
     zeros_acc = jax.jit(make_zeros, out_shardings=shard)
-    return TrainPrograms(accum, apply, evaluate, zeros_acc)
+    return TrainPrograms(accum, final, apply, evaluate, zeros_acc, zeros_eval)

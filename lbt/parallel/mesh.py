@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
@@ -42,3 +44,9 @@ def host_value(x: jax.Array) -> np.ndarray:
     if x.is_fully_addressable:
         return np.asarray(x)
     return np.asarray(x.addressable_data(0))
+
+
+def host_values(tree: Any) -> Any:
+    """Every (replicated) array of ``tree`` as NumPy, fetched in one batched transfer."""
+    local = jax.tree.map(lambda x: x if x.is_fully_addressable else x.addressable_data(0), tree)
+    return jax.device_get(local)

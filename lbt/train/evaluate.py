@@ -8,7 +8,7 @@ import jax
 from jax.sharding import Mesh
 
 from lbt.data.pipeline import eval_batches
-from lbt.parallel.mesh import global_batch_array, host_value
+from lbt.parallel.mesh import global_batch_array, host_values
 from lbt.train.checkpoint import next_multiple
 
 
@@ -33,18 +33,21 @@ class EvalSchedule:
         self.next_at = next_multiple(examples_seen, self.every)
 
 
-def evaluate(evaluate_program: Any, state: Any, source: Any, mesh: Mesh, microbatch: int) -> dict[str, float]:
-    """Accuracy and mean loss over the whole split (last batch padded and masked)."""
-    totals = {"correct": 0.0, "loss": 0.0, "count": 0.0}
-    for images, labels, mask in eval_batches(source, microbatch, jax.process_index(), jax.process_count()):
-        out = evaluate_program(
+def evaluate(programs: Any, state: Any, source: Any, mesh: Mesh, microbatch: int, raw: bool = False) -> dict:
+    """Accuracy and mean loss over the whole split (last batch padded and masked).
+
+    The sums accumulate on the device (``programs.evaluate``) and are read once, at the end."""
+    totals = programs.zeros_eval()
+    batches = eval_batches(source, microbatch, jax.process_index(), jax.process_count(), raw=raw)
+    for images, labels, mask in batches:
+        totals = programs.evaluate(
             state,
             global_batch_array(mesh, images, microbatch),
             global_batch_array(mesh, labels, microbatch),
             global_batch_array(mesh, mask, microbatch),
+            totals,
         )
-        for k in totals:
-            totals[k] += float(host_value(out[k]))
+    totals = {k: float(v) for k, v in host_values(totals).items()}
     n = totals["count"]
     accuracy = totals["correct"] / n
     if not 0.0 <= accuracy <= 1.0:  # e.g. labels of the wrong shape broadcasting in the comparison

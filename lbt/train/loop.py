@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from lbt import config as config_lib
-from lbt.data.pipeline import TrainStream
+from lbt.data.pipeline import TrainStream, prefetch_to_devices
 from lbt.data.registry import load_splits, train_size
 from lbt.errors import TrainingError
 from lbt.models import build_model
@@ -111,6 +111,8 @@ class Trainer:
         self.mesh = make_mesh(devices)
         self.model = build_model(config, self.splits.num_classes, self.num_devices)
         self.tx = make_optimizer(config)
+        # uint8 on the wire, normalised on the device; injected NaN images need the float32 wire
+        self.raw = self.faults.nan_at is None
         self.programs: TrainPrograms = build_programs(
             self.model,
             self.tx,
@@ -118,8 +120,11 @@ class Trainer:
             num_classes=self.splits.num_classes,
             bn_momentum=config.model.bn_momentum,
             label_smoothing=config.train.label_smoothing,
+            reduction=grad_reduction(config),
+            input_lut=self.splits.train.input_lut if self.raw else None,
         )
-        self.stream = TrainStream(self.splits.train, config.seed, self.M, jax.process_index(), jax.process_count())
+        process = jax.process_index(), jax.process_count()
+        self.stream = TrainStream(self.splits.train, config.seed, self.M, *process, raw=self.raw)
 
     # -------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -179,17 +184,11 @@ class Trainer:
         k = B // self.M
         compiles = self.counter.train
         with self.counter.training():
-            for _ in range(k):
-                pos, (images, labels) = next(io.batches)
-                images = self.faults.corrupt(pos, self.M, images)
-                rs.acc = self.programs.accum(
-                    rs.train_state,
-                    rs.acc,
-                    global_batch_array(self.mesh, images, self.M),
-                    global_batch_array(self.mesh, labels, self.M),
-                )
-            rs.train_state, rs.acc, dev_metrics = self.programs.apply(
-                rs.train_state, rs.acc, np.int32(k), np.float32(point.lr), np.float32(point.momentum)
+            for _ in range(k - 1):
+                rs.acc = self.programs.accum(rs.train_state, rs.acc, *next(io.batches))
+            hyper = np.int32(k), np.float32(point.lr), np.float32(point.momentum)
+            rs.train_state, rs.acc, dev_metrics = self.programs.final(
+                rs.train_state, rs.acc, *next(io.batches), *hyper
             )
         record = {
             "step": rs.step + 1,
@@ -221,9 +220,19 @@ class Trainer:
         self._reopen_batches(rs, io)
         return True
 
+    def _device_batches(self, start: int) -> Iterator[tuple[jax.Array, jax.Array]]:
+        """Global microbatches from ``start`` on, transferred ``train.device_prefetch`` ahead."""
+
+        def put(item: tuple[int, tuple[np.ndarray, np.ndarray]]) -> tuple[jax.Array, jax.Array]:
+            pos, (images, labels) = item
+            images = self.faults.corrupt(pos, self.M, images)
+            return global_batch_array(self.mesh, images, self.M), global_batch_array(self.mesh, labels, self.M)
+
+        return prefetch_to_devices(self.stream.iterate(start), put, int(self.config.train.device_prefetch))
+
     def _reopen_batches(self, rs: RunState, io: _Io) -> None:
         io.batches.close()
-        io.batches = self.stream.iterate(rs.examples_seen)
+        io.batches = self._device_batches(rs.examples_seen)
 
     def _flush(self, rs: RunState, io: _Io) -> bool:
         """Write pending records and apply the non-finite policy; True if the run rolled back."""
@@ -403,9 +412,9 @@ class Trainer:
         io = _Io(
             ckpt=ckpt,
             writer=writer,
-            pending=PendingMetrics(writer, progress),
+            pending=PendingMetrics(writer, progress, lookahead=steps_in_flight(self.config)),
             progress=progress,
-            batches=self.stream.iterate(rs.examples_seen),
+            batches=self._device_batches(rs.examples_seen),
             evals=EvalSchedule(eval_interval(self.config, self.N), rs.examples_seen),
             saves=SavePolicy(self.config, self.N, rs.examples_seen),
             preempt=preempt,
@@ -484,7 +493,7 @@ class Trainer:
             self.counter.close()
 
     def _write_eval(self, writer: MetricsWriter, rs: RunState) -> dict[str, float]:
-        ev = evaluate(self.programs.evaluate, rs.train_state, self.splits.test, self.mesh, self.M)
+        ev = evaluate(self.programs, rs.train_state, self.splits.test, self.mesh, self.M, raw=self.raw)
         rec = {
             "split": "test",
             "step": rs.step,
@@ -506,6 +515,26 @@ class Trainer:
                 ev["loss"],
             )
         return ev
+
+
+def grad_reduction(config) -> str:
+    """``train.grad_reduction``; ``auto`` is ``flat`` on CPU (XLA:CPU does one rendezvous per
+    all-reduce operand) and ``per_leaf`` on GPU/TPU (each leaf's all-reduce can start as soon as its
+    gradient exists, overlapping the backward pass; not measured here, see docs/benchmarks.md)."""
+    choice = config.train.grad_reduction
+    if choice != "auto":
+        return choice
+    return "flat" if jax.default_backend() == "cpu" else "per_leaf"
+
+
+def steps_in_flight(config) -> int:
+    """``train.steps_in_flight``; ``-1`` (auto) is 1 on CPU, where a deep queue of dispatched
+    collective programs once deadlocked XLA:CPU's simulated devices, and 0 (unbounded: the loop
+    runs ahead until a metric is needed) on accelerators."""
+    n = int(config.train.steps_in_flight)
+    if n >= 0:
+        return n
+    return 1 if jax.default_backend() == "cpu" else 0
 
 
 class Preempted(Exception):

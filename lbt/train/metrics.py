@@ -325,12 +325,13 @@ class PendingMetrics:
 
     def flush(self, extra: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """Write the pending records (with ``extra`` fields); return the first non-finite one."""
-        from lbt.parallel.mesh import host_value
+        from lbt.parallel.mesh import host_values
 
         bad = None
-        for rec, dev in self._items:
-            rec.update(loss=float(host_value(dev["loss"])), grad_norm=float(host_value(dev["grad_norm"])))
-            rec["skipped_nonfinite"] = not bool(host_value(dev["finite"]))
+        values = host_values([dev for _, dev in self._items])  # one transfer for all pending steps
+        for (rec, _), dev in zip(self._items, values):
+            rec.update(loss=float(dev["loss"]), grad_norm=float(dev["grad_norm"]))
+            rec["skipped_nonfinite"] = not bool(dev["finite"])
             rec.update(extra or {})
             self.writer.write(rec, tb_step=rec["examples_seen"], prefix="train/")
             if rec["skipped_nonfinite"]:

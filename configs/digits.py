@@ -7,6 +7,10 @@ Expected:  ~99% test accuracy (>= 95% guaranteed by tests/test_cli_e2e.py) in ~2
            10 and 20, where a decay-LR run would halve the LR; 674 steps with decay_lr).
 Data:      1,797 8x8 digits that ship with scikit-learn, split 1,438 train / 359 test
            (deterministic, dataset.split_seed).
+Paper:     none; not a run of any paper. lbt's own small demo of Smith et al. 2018's rule
+           (multiply B where a step schedule would divide ε); every setting is lbt's. The last
+           phase's B = 256 exceeds N/10 = 143.8, so `lbt plan` and `lbt train` warn that
+           εN/(B(1-m)) overstates the exact noise scale there by 22%.
 """
 
 from lbt.config import base_config

@@ -23,6 +23,9 @@ Expected (measured 2026-11-23, 2-core CPU shared with other jobs, 1 device, 3 se
 docs/reproduction.md): final test accuracy decay_lr 97.67 ± 0.08 %, increase_batch 97.42 ± 0.13 %,
 hybrid 97.50 ± 0.22 % (2,000 test examples: one is 0.05 pp); 2,500 / 924 (0.370) / 940 (0.376)
 optimizer steps; about 2 min per run, ~17 min for the suite.
+Paper: none; not a run of any paper. A small-scale check of Smith et al. 2018's claim on real
+MNIST digits; the model, data and schedule are lbt's (the milestone proportions follow the
+paper's CIFAR-10 schedule).
 """
 
 from lbt.config import base_config

@@ -60,6 +60,12 @@ def _train_parser() -> argparse.ArgumentParser:
         help=f"simulated CPU devices, >= 1 (default {runtime.DEFAULT_CPU_DEVICES} or $LBT_NUM_CPU_DEVICES); "
         "only applies when the backend is CPU, ignored on GPU/TPU",
     )
+    p.add_argument(
+        "--compile_cache_dir",
+        default=None,
+        help="JAX's persistent compilation cache: a rerun loads the programs instead of compiling them "
+        "(default $LBT_COMPILE_CACHE_DIR or ~/.cache/lbt/jax; '' = off)",
+    )
     p.add_argument("--coordinator_address", default=None, help="multi-process: host:port of process 0")
     p.add_argument("--num_processes", type=int, default=None, help="multi-process: number of processes")
     p.add_argument("--process_id", type=int, default=None, help="multi-process: this process's index")
@@ -145,7 +151,7 @@ def cmd_train(argv: Sequence[str]) -> int:
         print(config_lib.to_json(config))
         return 0
     check_workdir(args.workdir)  # before JAX starts
-    runtime.setup(num_cpu_devices)
+    runtime.setup(num_cpu_devices, compile_cache_dir=args.compile_cache_dir)
     from lbt.parallel import distributed
 
     spec = distributed.detect_cluster(

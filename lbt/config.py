@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from lbt.schedules.plan import Plan
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "lars", "lamb")
+#: Optimizers whose update uses ``schedule.momentum`` as heavy-ball momentum (optax's trace), so the
+#: Plan's m, its g = εN/(B(1 - m)) and the B ∝ 1/(1 - m) rule describe them. ``sgd`` has no
+#: momentum; ``adam``/``lamb`` use m as b1 of a normalised moving average (no 1/(1 - m) gain).
+HEAVY_BALL_OPTIMIZERS = ("momentum", "nesterov", "lars")
 DTYPES = ("float32", "bfloat16")
 NONFINITE_POLICIES = ("stop", "rollback")
 GRAD_REDUCTIONS = ("auto", "flat", "per_leaf")
@@ -51,6 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset.image_size = 0  # imagenet2012: crop size (0 = model default, 224 or 299)
     c.dataset.on_corrupt = "error"  # error | skip: what to do with an undecodable example
     c.dataset.augment = True  # random crop/flip where the dataset defines one
+    c.dataset.decode_workers = 0  # cifar10 / imagenet2012: decode processes (0 = auto: one per core for ImageNet)
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "cnn"  # cnn | resnet18 | resnet50 | wrn16_4 | inception_resnet_v2
@@ -82,12 +87,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.grad_reduction = "auto"  # auto | flat | per_leaf
     c.train.steps_in_flight = -1  # steps dispatched ahead of the host: -1 auto (1 on CPU, unbounded else)
     c.train.device_prefetch = 2  # microbatches transferred to the devices ahead of use
+    c.train.peak_flops = 0.0  # FLOP/s of one device for MFU; 0 = the table in lbt/train/perf.py
+    c.train.profile_steps = ()  # (start, count): jax.profiler trace of those steps to WORKDIR/profile
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_epochs = 0.0  # 0 = off (any of the three may trigger)
     c.checkpoint.every_examples = 0
     c.checkpoint.every_minutes = 0.0
     c.checkpoint.keep = 3
+    c.checkpoint.digest = True  # SHA-256 of the state at each save, verified on restore (docs/checkpointing.md)
 
     c.schedule = default_schedule_config()
     s = c.schedule
@@ -282,12 +290,18 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_train: 
         raise ConfigError(
             "dataset.name", f"unknown dataset {config.dataset.name!r}; choose one of {', '.join(DATASETS)}"
         )
+    if config.dataset.decode_workers < 0:
+        raise ConfigError(
+            "dataset.decode_workers",
+            f"must be >= 0 (0 = auto: one worker process per core for ImageNet), got {config.dataset.decode_workers}",
+        )
     if config.model.name not in MODELS:
         raise ConfigError("model.name", f"unknown model {config.model.name!r}; choose one of {', '.join(MODELS)}")
     if config.optimizer.name not in OPTIMIZERS:
         raise ConfigError(
             "optimizer.name", f"unknown optimizer {config.optimizer.name!r}; choose one of {', '.join(OPTIMIZERS)}"
         )
+    _check_optimizer_momentum(config)
     if config.model.dtype not in DTYPES:
         raise ConfigError("model.dtype", f"unknown dtype {config.model.dtype!r}; choose float32 or bfloat16")
     if config.train.on_nonfinite not in NONFINITE_POLICIES:
@@ -318,6 +332,13 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_train: 
         )
     if config.train.device_prefetch < 0:
         raise ConfigError("train.device_prefetch", f"must be >= 0, got {config.train.device_prefetch}; e.g. 2")
+    if config.train.peak_flops < 0:
+        raise ConfigError("train.peak_flops", f"must be >= 0 (0 = the built-in table), got {config.train.peak_flops}")
+    ps = tuple(config.train.profile_steps)
+    if ps and (len(ps) != 2 or not all(isinstance(v, int) and v >= 1 for v in ps)):
+        raise ConfigError(
+            "train.profile_steps", f"must be () or (start, count) with both >= 1, got {ps!r}; e.g. (20, 5)"
+        )
     m = config.train.global_microbatch
     if m <= 0:
         raise ConfigError("train.global_microbatch", f"must be positive, got {m}")
@@ -340,6 +361,35 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_train: 
         if config.checkpoint[f] < 0:
             raise ConfigError(f"checkpoint.{f}", f"must be >= 0 (0 = off), got {config.checkpoint[f]}")
     return make_plan(config, num_train)
+
+
+def _check_optimizer_momentum(config: ml_collections.ConfigDict) -> None:
+    """The Plan's momentum m (and with it g and any B ∝ 1/(1 - m) growth) must be what the
+    optimizer applies: ``sgd`` ignores m; ``adam``/``lamb`` take it as b1 of a normalised moving
+    average, where raising it does not scale the step by 1/(1 - m)."""
+    name, s = config.optimizer.name, config.schedule
+    ms = s.get("momentum_schedule")
+    stepped = ms is not None and bool(tuple(ms.get("milestones", ()) or ()))
+    if s.batch.mode == "increase_momentum":
+        grows = "schedule.batch.mode='increase_momentum'"
+    elif stepped:
+        grows = f"schedule.momentum_schedule (values {tuple(ms['values'])!r})"
+    else:
+        grows = ""
+    m = s.momentum
+    if name == "sgd" and (grows or (isinstance(m, (int, float)) and m > 0)):
+        what = grows or f"schedule.momentum={m!r}"
+        raise ConfigError(
+            "optimizer.name",
+            f"'sgd' has no momentum, but {what} makes the plan's m and noise scale g assume one; "
+            "use optimizer.name='momentum' (or 'nesterov'), or set schedule.momentum=0.0 with a constant m",
+        )
+    if name in ("adam", "lamb") and grows:
+        raise ConfigError(
+            "optimizer.name",
+            f"{name!r} uses schedule.momentum as b1 of a normalised moving average, so {grows} (B ∝ 1/(1 - m)) "
+            "would not keep the noise scale; use optimizer.name='momentum', 'nesterov' or 'lars', or keep m constant",
+        )
 
 
 def config_hash(config: ml_collections.ConfigDict) -> str:

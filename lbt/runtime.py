@@ -101,21 +101,36 @@ def cpu_device_count(requested: int | None, default: int = DEFAULT_CPU_DEVICES) 
     )
 
 
+def default_compile_cache_dir() -> str:
+    """``$LBT_COMPILE_CACHE_DIR``, else ``$XDG_CACHE_HOME/lbt/jax`` (``~/.cache/lbt/jax``); ``""`` is off."""
+    if "LBT_COMPILE_CACHE_DIR" in os.environ:
+        return os.environ["LBT_COMPILE_CACHE_DIR"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "lbt", "jax")
+
+
 def setup(
     num_cpu_devices: int | None = None,
     *,
     default_cpu_devices: int = DEFAULT_CPU_DEVICES,
     collective_timeout_s: int | None = None,
     warn_stuck_s: int | None = None,
+    compile_cache_dir: str | None = None,
 ) -> int:
     """Set the XLA:CPU flags and give the CPU backend its simulated devices; return the count.
 
     The device count applies only when JAX runs on the CPU backend; on GPU/TPU it is ignored.
     A count below 1 (flag or ``$LBT_NUM_CPU_DEVICES``) raises :class:`SetupError` before JAX is imported.
+    ``compile_cache_dir``: JAX's persistent compilation cache (``None`` = :func:`default_compile_cache_dir`,
+    ``""`` = off). A second run of the same programs loads them instead of compiling (programs that
+    compile in under ``jax_persistent_cache_min_compile_time_secs``, 1 s by default, are not cached).
     """
     n = cpu_device_count(num_cpu_devices, default_cpu_devices)
     cpu_xla_flags(collective_timeout_s, warn_stuck_s)
     import jax
 
     jax.config.update("jax_num_cpu_devices", n)
+    cache = default_compile_cache_dir() if compile_cache_dir is None else compile_cache_dir
+    if cache:
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache))
     return n

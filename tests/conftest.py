@@ -6,7 +6,7 @@ from pathlib import Path
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 from lbt import runtime  # noqa: E402  (imports no JAX at import time)
 
-runtime.setup(8)  # as `lbt train` runs simulated devices
+runtime.setup(8, compile_cache_dir="")  # as `lbt train` runs simulated devices; no persistent cache
 
 import pytest  # noqa: E402
 

@@ -42,7 +42,7 @@ def test_lbt_train_default_reaches_accuracy_bar(tmp_path):
     assert summary["config_name"] == "digits"
     assert summary["final_eval_accuracy"] >= 0.95
     assert summary["wall_s"] < 120
-    assert summary["train_compilations"] == 2  # accum + apply, for 3 batch sizes
+    assert summary["train_compilations"] == 2  # accum + final, for 3 batch sizes
     records = read_jsonl(tmp_path / "metrics.jsonl")
     train = [r for r in records if "split" not in r]
     evals = [r for r in records if r.get("split") == "test"]

@@ -15,6 +15,7 @@ from lbt.schedules.plan import (
     baseline_config,
     default_schedule_config,
     make_plan,
+    plan_warnings,
     to_batch_growth,
     validate_schedule,
 )
@@ -97,6 +98,47 @@ def test_hybrid_steps_cifar():
     assert plan.phases[-1].lr_start == pytest.approx(0.1 * 5120 / 16000)
 
 
+def test_papers_hybrid_steps_cifar():
+    """Smith et al. 2018's CIFAR-10 hybrid: B x5 at the first step (640 = B_max), then constant
+    and ε ÷ 5 at the later steps."""
+    plan = make_plan(cifar("hybrid", batch__max_global_batch=640), N_CIFAR)
+    assert [p.global_batch for p in plan.phases] == [128, 640, 640, 640]
+    assert [p.lr_start for p in plan.phases] == [0.1, 0.1, 0.02, 0.004]
+    # 23,438 -> 3,000,064; ceil(2,999,936/640) = 4,688 -> 6,000,384; ceil(1,999,616/640) = 3,125
+    # -> 8,000,384; ceil(1,999,616/640) = 3,125.
+    assert plan.phase_steps() == [23438, 4688, 3125, 3125]
+    assert (
+        plan.total_steps()
+        == 34_376
+        == hand_steps([(0, 3_000_000, 128), (0, 6_000_000, 640), (0, 8_000_000, 640), (0, 10_000_000, 640)])
+    )
+
+
+def test_increase_momentum_with_lr_factor_is_the_papers_run():
+    """Section 5.2's increased momentum coefficient: ε 0.5, m 0.98, B 3,200 (= 128 x 5 x 5) from
+    the start, B_max 5,120; g equals decay_lr's everywhere; 2,305 < 2,500 updates."""
+    plan = make_plan(
+        cifar("increase_momentum", batch__final_momentum=0.98, batch__lr_factor=5.0, batch__max_global_batch=5120),
+        N_CIFAR,
+    )
+    assert [(p.global_batch, p.lr_start, p.momentum) for p in plan.phases] == [
+        (3200, 0.5, 0.98),
+        (5120, 0.16, 0.98),
+        (5120, 0.032, 0.98),
+        (5120, 0.0064, 0.98),
+    ]
+    # ceil(3e6/3200) = 938 -> 3,001,600; ceil(2,998,400/5120) = 586 -> 6,001,920; 391 -> 8,003,840; 390.
+    assert plan.phase_steps() == [938, 586, 391, 390]
+    assert (
+        plan.total_steps()
+        == 2305
+        == hand_steps([(0, 3_000_000, 3200), (0, 6_000_000, 5120), (0, 8_000_000, 5120), (0, 10_000_000, 5120)])
+    )
+    ref = make_plan(cifar("decay_lr"), N_CIFAR)
+    for s in range(0, plan.total_examples, 49_999):
+        assert plan.at(s).noise_scale == pytest.approx(ref.at(s).noise_scale, rel=1e-12), s
+
+
 def test_hybrid_default_bmax_is_n_over_10():
     plan = make_plan(cifar("hybrid"), N_CIFAR)
     assert max(p.global_batch for p in plan.phases) == 4992  # 5000 rounded down to 39 * 128
@@ -147,6 +189,145 @@ def test_steps_simulation_matches_closed_form():
     assert per_phase == plan.phase_steps()
     last_step, last_s, last_p = seen[-1]
     assert last_s < plan.total_examples <= last_s + last_p.global_batch
+
+
+# ---------------------------------------------------------------------------------------------
+# The exact noise scale, the N/10 warning, and B <= N
+
+
+def test_exact_noise_scale_in_points_and_phases():
+    """noise_scale = εN/(B(1-m)); noise_scale_exact = ε(N/B - 1)/(1-m). At B = 16,000 of
+    N = 50,000 the approximation overstates the exact g by 50,000/34,000 - 1 = 47%."""
+    plan = make_plan(cifar("increase_batch"), N_CIFAR)
+    for _step, _s, p in list(plan.steps())[::997]:
+        assert p.noise_scale == pytest.approx(p.lr * N_CIFAR / (p.global_batch * (1 - p.momentum)), rel=1e-12)
+        assert p.noise_scale_exact == pytest.approx(
+            p.lr * (N_CIFAR / p.global_batch - 1) / (1 - p.momentum), rel=1e-12
+        )
+    last = plan.phases[-1]
+    assert (last.global_batch, last.noise_scale, last.noise_scale_exact) == (
+        16000,
+        pytest.approx(3.125),
+        pytest.approx(2.125),
+    )
+    assert (
+        last.noise_scale / last.noise_scale_exact - 1
+        == pytest.approx(16000 / 34000)
+        == pytest.approx(0.4706, abs=1e-4)
+    )
+    assert last.noise_scale_exact_end == last.noise_scale_exact
+    for ph in plan.phases:
+        assert plan.at(ph.start_example).noise_scale_exact == ph.noise_scale_exact
+    # Warmup: the exact g varies inside the phase like ε.
+    w = make_plan(make_config(128, epochs=10.0, lr__warmup_epochs=2.0, lr__warmup_start_factor=0.5), N_CIFAR)
+    assert w.phases[0].noise_scale_exact == pytest.approx(w.phases[0].noise_scale_exact_end / 2, rel=1e-4)
+
+
+def test_plan_warnings_name_the_phases_above_n_over_10():
+    assert plan_warnings(make_plan(cifar("decay_lr"), N_CIFAR)) == []
+    assert plan_warnings(make_plan(cifar("hybrid", batch__max_global_batch=640), N_CIFAR)) == []
+    # B = N/10 exactly is fine; one multiple of M above it warns.
+    assert plan_warnings(make_plan(make_config(128, global_batch=5000 // 128 * 128), N_CIFAR)) == []
+    assert plan_warnings(make_plan(make_config(128, global_batch=1280), 12_800)) == []  # B = N/10
+    (line,) = plan_warnings(make_plan(make_config(128, global_batch=1408), 12_800))
+    assert line.startswith("phase 0 (epochs 0-90): B = 1408 > N/10 = 1280;") and "by 12.4% (B/(N - B))" in line
+    # Consecutive phases with the same B are one line.
+    (line,) = plan_warnings(
+        make_plan(cifar("increase_lr", batch__lr_factor=5.0, batch__max_global_batch=5120), N_CIFAR)
+    )
+    assert line.startswith("phases 2-3 (epochs 120-200): B = 5120 > N/10 = 5000;") and "11.4%" in line
+    lines = plan_warnings(make_plan(cifar("increase_batch"), N_CIFAR))
+    assert lines == [
+        "phase 3 (epochs 160-200): B = 16000 > N/10 = 5000; the noise scale g = εN/(B(1 - m)) overstates "
+        "the exact ε(N/B - 1)/(1 - m) by 47.1% (B/(N - B)); see noise_scale_exact"
+    ]
+    # B = N: the exact g is 0.
+    (line,) = plan_warnings(make_plan(make_config(128, epochs=2.0, global_batch=1280), 1280))
+    assert "infinitely (the exact g is 0 at B = N)" in line
+    assert make_plan(make_config(128, epochs=2.0, global_batch=1280), 1280).phases[0].noise_scale_exact == 0.0
+
+
+@pytest.mark.parametrize(
+    "field,kw",
+    [
+        ("schedule.global_batch", dict(global_batch=51_200)),
+        ("schedule.batch.lr_factor", dict(batch__mode="increase_lr", batch__lr_factor=500.0)),
+        ("schedule.batch.final_momentum", dict(batch__mode="increase_momentum", batch__final_momentum=0.9998)),
+        ("schedule.batch.max_global_batch", dict(batch__mode="increase_batch", lr__factor=10.0)),
+        (
+            "schedule.batch.max_global_batch",
+            dict(batch__mode="hybrid", lr__factor=10.0, batch__max_global_batch=64_000),
+        ),
+        (
+            "schedule.batch.max_global_batch",
+            dict(momentum_schedule__milestones=(100.0,), momentum_schedule__values=(0.99999,)),
+        ),
+    ],
+)
+def test_a_batch_larger_than_n_is_refused(field, kw):
+    """B > N makes the exact g negative: a ConfigError naming the field that produced the batch."""
+    config = cifar(kw.pop("batch__mode", "decay_lr"), **kw)
+    with pytest.raises(ConfigError) as e:
+        validate_schedule(config, N_CIFAR)
+    assert e.value.field == field
+    text = str(e.value)
+    assert text.startswith(f"config.{field}: ") and "more than the N=50000 training examples" in text
+    assert "\n" not in text
+
+
+def test_a_batch_equal_to_n_is_allowed():
+    plan = make_plan(make_config(128, epochs=3.0, global_batch=1280), 1280)
+    assert plan.total_steps() == 3 and plan.phases[0].noise_scale_exact == 0.0
+    capped = make_plan(cifar("increase_batch", lr__factor=10.0, batch__max_global_batch=49_920), N_CIFAR)
+    assert max(p.global_batch for p in capped.phases) == 49_920
+
+
+@pytest.mark.parametrize(
+    "optimizer,overrides,named",
+    [
+        ("sgd", {}, "schedule.momentum=0.9"),
+        ("sgd", {"momentum": 0.0, "batch.mode": "increase_momentum"}, "increase_momentum"),
+        (
+            "sgd",
+            {"momentum": 0.0, "momentum_schedule.milestones": (5.0,), "momentum_schedule.values": (0.5,)},
+            "momentum_schedule",
+        ),
+        ("adam", {"batch.mode": "increase_momentum", "batch.final_momentum": 0.95}, "b1"),
+        ("lamb", {"momentum_schedule.milestones": (5.0,), "momentum_schedule.values": (0.95,)}, "b1"),
+    ],
+)
+def test_optimizer_that_ignores_the_plans_momentum_is_a_config_error(optimizer, overrides, named):
+    """sgd has no momentum; adam/lamb use m as b1 of a normalised average (no 1/(1-m) gain), so
+    a momentum the Plan's g and B ∝ 1/(1-m) assume is a ConfigError naming the fields."""
+    from lbt.config import base_config, validate
+
+    c = base_config()
+    c.optimizer.name = optimizer
+    for key, value in overrides.items():
+        node = c.schedule
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    with pytest.raises(ConfigError) as e:
+        validate(c, num_devices=1, num_train=1438)
+    text = str(e.value)
+    assert e.value.field == "optimizer.name" and named in text and "\n" not in text
+    assert text.startswith(f"config.optimizer.name: '{optimizer}' ")
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nesterov", "lars", "adam", "lamb"])
+def test_optimizers_whose_momentum_matches_the_plan_validate(optimizer):
+    from lbt.config import base_config, validate
+
+    c = base_config()
+    c.optimizer.name = optimizer
+    if optimizer == "sgd":
+        c.schedule.momentum = 0.0
+    validate(c, num_devices=1, num_train=1438)
+    if optimizer in ("momentum", "nesterov", "lars"):  # the B ∝ 1/(1-m) modes too
+        c.schedule.batch.mode, c.schedule.batch.final_momentum = "increase_momentum", 0.95
+        validate(c, num_devices=1, num_train=1438)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,10 +455,12 @@ def test_non_multiple_growth_with_rounding():
 
 def test_stepped_momentum_keeps_g_across_the_step():
     """m 0.9 -> 0.95 -> 0.975 at epochs 20 and 40 doubles B each time; g is continuous there and
-    equals the decay_lr reference (m = 0.9, B = 128) everywhere."""
+    equals the decay_lr reference (m = 0.9, B = 128) everywhere. (N = 100,000: the last batch,
+    64,000, must not exceed N.)"""
+    N = 100_000
     kw = dict(momentum_schedule__milestones=(20.0, 40.0), momentum_schedule__values=(0.95, 0.975))
-    plan = make_plan(cifar("increase_batch", **kw), N_CIFAR)
-    ref = make_plan(cifar("decay_lr"), N_CIFAR)
+    plan = make_plan(cifar("increase_batch", **kw), N)
+    ref = make_plan(cifar("decay_lr"), N)
     # B: 128 (m .9) / 256 (m .95) / 512 (m .975) / then x5 at epochs 60, 120, 160.
     assert [(p.global_batch, p.momentum) for p in plan.phases] == [
         (128, 0.9),
@@ -287,7 +470,7 @@ def test_stepped_momentum_keeps_g_across_the_step():
         (12800, 0.975),
         (64000, 0.975),
     ]
-    for edge in (20 * N_CIFAR, 40 * N_CIFAR):
+    for edge in (20 * N, 40 * N):
         before, after = plan.at(edge - 1), plan.at(edge)
         assert after.global_batch == 2 * before.global_batch and after.momentum > before.momentum
         assert after.lr == before.lr == 0.1  # ε unchanged across the step
@@ -295,7 +478,7 @@ def test_stepped_momentum_keeps_g_across_the_step():
     for s in range(0, plan.total_examples, 49_999):
         assert plan.at(s).noise_scale == pytest.approx(ref.at(s).noise_scale, rel=1e-12), s
     # Steps by hand (each phase continues from where the last step ended).
-    e = N_CIFAR
+    e = N
     phases = [
         (0, 20 * e, 128),
         (20 * e, 40 * e, 256),
@@ -304,9 +487,11 @@ def test_stepped_momentum_keeps_g_across_the_step():
         (120 * e, 160 * e, 12800),
         (160 * e, 200 * e, 64000),
     ]
-    assert plan.total_steps() == hand_steps(phases) == 7813 + 3906 + 1954 + 1172 + 157 + 32 == 15034
+    assert plan.total_steps() == hand_steps(phases) == 15625 + 7813 + 3906 + 2344 + 313 + 63 == 30064
+    with pytest.raises(ConfigError, match="reaches 64000 in phase 5"):  # on CIFAR-10's N = 50,000
+        make_plan(cifar("increase_batch", **kw), N_CIFAR)
     # The baseline that `lbt plan` compares with drops the momentum schedule.
-    assert make_plan(baseline_config(cifar("increase_batch", **kw)), N_CIFAR).phases == ref.phases
+    assert make_plan(baseline_config(cifar("increase_batch", **kw)), N).phases == ref.phases
 
 
 def test_stepped_momentum_in_decay_lr_and_hybrid_cap():
@@ -444,9 +629,11 @@ def test_plan_properties(cfg):
     M = config.train.global_microbatch
     try:
         plan = make_plan(config, N)
-    except ConfigError as e:  # the drawn B_max is below the scaled initial batch: a real error
-        assert e.field == "schedule.batch.max_global_batch"
+    except ConfigError as e:
+        # The drawn B_max is below the scaled initial batch, or the grown batch exceeds N: real errors.
+        assert e.field == "schedule.batch.max_global_batch" or "training examples" in str(e), str(e)
         assume(False)
+    assert all(p.global_batch <= N for p in plan.phases)
     # Phases cover [0, total_examples) without gaps or overlaps.
     assert plan.phases[0].start_example == 0 and plan.phases[-1].end_example == plan.total_examples
     for a, b in zip(plan.phases, plan.phases[1:]):

@@ -119,8 +119,36 @@ def test_noise_scale_equivalences():
         noise_lib.noise_scale(0.1, 100, 0, 0.9)
 
 
+def test_exact_noise_scale():
+    """g = ε(N/B - 1)/(1 - m), which εN/(B(1 - m)) overstates by B/(N - B): 11% at N/10, 47% at
+    B = 16,000 of N = 50,000; 0 at B = N; B > N is refused."""
+    assert noise_lib.noise_scale_exact(0.1, 50_000, 128, 0.9) == pytest.approx(0.1 * (50_000 / 128 - 1) / 0.1)
+    approx, exact = (
+        noise_lib.noise_scale(0.1, 50_000, 16_000, 0.9),
+        noise_lib.noise_scale_exact(0.1, 50_000, 16_000, 0.9),
+    )
+    assert (approx, exact) == (pytest.approx(3.125), pytest.approx(2.125))
+    assert (
+        approx / exact - 1
+        == pytest.approx(noise_lib.noise_scale_overstatement(50_000, 16_000))
+        == pytest.approx(0.47, abs=0.005)
+    )
+    assert noise_lib.noise_scale_overstatement(50_000, 5_000) == pytest.approx(1 / 9)
+    assert noise_lib.noise_scale_exact(0.1, 1000, 1000, 0.5) == 0.0
+    assert noise_lib.noise_scale_overstatement(1000, 1000) == math.inf
+    for bad in (0, 1001):
+        with pytest.raises(ValueError):
+            noise_lib.noise_scale_exact(0.1, 1000, bad, 0.9)
+        with pytest.raises(ValueError):
+            noise_lib.noise_scale_overstatement(1000, bad)
+    # For B << N the two agree.
+    assert noise_lib.noise_scale_exact(0.1, 10**9, 128, 0.9) == pytest.approx(
+        noise_lib.noise_scale(0.1, 10**9, 128, 0.9)
+    )
+
+
 def test_stepped_momentum_helpers():
-    """Smith et al. 2018's ImageNet momentum steps: 0.9 -> 0.95 -> 0.975 doubles B each time."""
+    """Momentum steps 0.9 -> 0.95 -> 0.975 (lbt's stepped schedule) double B each time."""
     ms, vs = (100, 200), (0.95, 0.975)
     assert [mom_lib.stepped_momentum(s, 0.9, ms, vs) for s in (0, 99, 100, 199, 200, 10**6)] == [
         0.9,

@@ -11,6 +11,9 @@ References:
     triangular, triangular2, exp_range.
   * L. N. Smith 2018, "A disciplined approach to neural network hyper-parameters" (1cycle);
     the formula here matches ``torch.optim.lr_scheduler.OneCycleLR`` (cosine annealing).
+  * L. N. Smith 2017, section 3.3 ("How can one estimate reasonable minimum and maximum boundary
+    values?"): the LR range test, a short run whose LR rises from a low to a high value
+    (``range_test``: linearly as in the paper, or exponentially as fastai's ``lr_find``).
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ import math
 from collections.abc import Sequence
 from fractions import Fraction
 
-LR_SCHEDULES = ("constant", "step", "cosine", "triangular", "triangular2", "exp_range", "onecycle")
+LR_SCHEDULES = ("constant", "step", "cosine", "triangular", "triangular2", "exp_range", "onecycle", "range_test")
 CYCLIC = ("triangular", "triangular2", "exp_range")
 #: Schedules that only decay (the LR never rises), so a batch-growth plan can mirror them.
 DECAYING = ("constant", "step", "cosine")
+#: How the LR of ``range_test`` rises from its minimum to its maximum.
+RANGE_MODES = ("linear", "exp")
 
 
 def step_decay_count(epoch: float, milestones: Sequence[float]) -> int:
@@ -130,3 +135,18 @@ def onecycle(
     span = down_end - up_end
     pct = (iteration - up_end) / span if span > 0 else 1.0
     return anneal(max_lr, final, min(pct, 1.0))
+
+
+def range_test(iteration: int, min_lr: float, max_lr: float, num_steps: int, mode: str = "linear") -> float:
+    """The LR range test of Smith 2017 (section 3.3): ``min_lr`` at iteration 0, rising to ``max_lr``
+    at iteration ``num_steps`` and held there afterwards.
+
+    ``mode='linear'`` (the paper): ``min_lr + (max_lr - min_lr) * t``; ``mode='exp'`` (fastai's
+    ``lr_find``): ``min_lr * (max_lr / min_lr) ** t``, with ``t = min(iteration / num_steps, 1)``.
+    """
+    if mode not in RANGE_MODES:
+        raise ValueError(f"unknown range-test mode {mode!r}; choose one of {RANGE_MODES}")
+    t = min(max(iteration, 0) / num_steps, 1.0) if num_steps > 0 else 1.0
+    if mode == "linear":
+        return min_lr + (max_lr - min_lr) * t
+    return min_lr * (max_lr / min_lr) ** t

@@ -1,12 +1,18 @@
 """Momentum and the batch that keeps the noise scale (Smith et al. 2018, section 5.2).
 
 With momentum the SGD noise scale is g = ε N / (B (1 - m)), so raising m from m0 to m1 at fixed
-ε keeps g if B is scaled by (1 - m0) / (1 - m1) (the paper's "increased momentum coefficient"
-schedule: m = 0.98 with a 5x larger batch). The effective learning rate is ε / (1 - m).
+ε keeps g if B is scaled by (1 - m0) / (1 - m1): 5x for 0.9 -> 0.98. (The paper's CIFAR-10
+"increased momentum coefficient" run also raises ε and B 5x: m = 0.98, ε = 0.5, B = 3,200 from
+m = 0.9, ε = 0.1, B = 128.) The effective learning rate is ε / (1 - m).
 
-Stepped momentum (the paper's ImageNet run, m = 0.9 -> 0.95 -> 0.975 with B 8,192 -> 16,384 ->
-32,768): m rises at milestones, and at each one B is multiplied by (1 - m_prev) / (1 - m_new);
-the factors telescope, so after the j-th milestone B = B0 (1 - m0) / (1 - m_j).
+Stepped momentum (lbt's own schedule, not one of the paper's runs, which each hold m fixed; e.g.
+m = 0.9 -> 0.95 -> 0.975 with B 8,192 -> 16,384 -> 32,768 in
+configs/imagenet_inception_resnet_v2_lbt_stepped_momentum.py): m rises at milestones, and at
+each one B is multiplied by (1 - m_prev) / (1 - m_new); the factors telescope, so after the j-th
+milestone B = B0 (1 - m0) / (1 - m_j).
+
+The momentum buffer starts at zero (and after m rises it needs time to reach its new level), so
+for roughly 1 / (1 - m) steps the step is smaller than ε / (1 - m) (docs/schedules.md).
 """
 
 from __future__ import annotations

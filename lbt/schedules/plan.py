@@ -14,17 +14,25 @@ g = ε N / (B (1 - m)) as the ``decay_lr`` reference at every examples_seen (Smi
 * ``increase_batch``: where the LR schedule would divide ε by f, multiply B by f instead.
 * ``hybrid``: as ``increase_batch`` up to B_max, then decay ε (B_max default: N/10 rounded down
   to a multiple of M). When a full factor would overshoot B_max, B becomes B_max and ε absorbs
-  the remainder, so g stays *exactly* equal to the reference. (The paper's hybrid instead keeps
-  the previous B and decays ε by the full factor at that milestone; our rule reaches the largest
-  allowed B one milestone earlier with the same g.)
+  the remainder, so g stays *exactly* equal to the reference. This is the rule consistent with
+  the paper's update counts (e.g. its ImageNet "below 6,000" needs B = B_max from the first decay
+  step on, and its CIFAR-10 increased-momentum run's "fewer than 2,500" needs B = 5,120 after
+  3,200; keeping 3,200 would take 3,125 updates). The paper's CIFAR-10 hybrid is this mode with
+  B_max = 640 (B 128 -> 640 at the first step, then ε ÷ 5; configs/cifar10_wrn16_4_hybrid.py).
 * ``increase_lr``: ε and B both ``batch.lr_factor`` times larger from the start, then grow B.
 * ``increase_momentum``: m = ``batch.final_momentum`` and B scaled by (1 - m0) / (1 - m1) from the
-  start, then grow B.
+  start (and ε and B by ``batch.lr_factor`` as in ``increase_lr``), then grow B.
 
 Stepped momentum (``schedule.momentum_schedule``, any mode but ``increase_momentum``): m rises to
 ``values[j]`` at ``milestones[j]`` (epochs) and B is multiplied by (1 - m_prev) / (1 - m_new)
-there, on top of the mode's growth, so g is unchanged (Smith et al. 2018's ImageNet run:
-m = 0.9 -> 0.95 -> 0.975 with B 8,192 -> 16,384 -> 32,768). Above B_max ε absorbs the rest.
+there, on top of the mode's growth, so g is unchanged (lbt's own schedule, not one of the
+paper's runs, which each hold m fixed; e.g. m = 0.9 -> 0.95 -> 0.975 with B 8,192 -> 16,384 ->
+32,768 in configs/imagenet_inception_resnet_v2_lbt_stepped_momentum.py). Above B_max ε absorbs
+the rest.
+
+Every B must be at most N (a ConfigError otherwise). ``noise_scale`` is g = εN/(B(1 - m));
+``noise_scale_exact`` is ε(N/B - 1)/(1 - m), which the approximation overstates by B/(N - B);
+:func:`plan_warnings` names the phases where B > N/10 and that error.
 
 The growth follows a decaying LR schedule: ``step`` (B jumps at milestones) or ``cosine`` (B is
 the largest multiple of M not above B0 / cosine(t), so it rises through k*M in many phases).
@@ -46,6 +54,8 @@ from lbt.schedules import batch as batch_lib
 from lbt.schedules import lr as lr_lib
 from lbt.schedules import momentum as momentum_lib
 from lbt.schedules.noise import noise_scale as _noise_scale
+from lbt.schedules.noise import noise_scale_exact as _noise_scale_exact
+from lbt.schedules.noise import noise_scale_overstatement
 
 BATCH_MODES = ("decay_lr", "increase_batch", "hybrid", "increase_lr", "increase_momentum")
 #: Modes that grow B where the LR schedule decays (need a decaying LR schedule).
@@ -56,7 +66,13 @@ def default_schedule_config() -> ml_collections.ConfigDict:
     """Every ``config.schedule`` key with its default (see docs/schedules.md).
 
     Top level:
-      epochs (float): training length; total_examples = round(epochs * N).
+      epochs (float): training length; total_examples = round(epochs * N). Must be 0 when
+        ``steps`` is set.
+      steps (int >= 0): 0 = the run lasts ``epochs``. steps > 0 (with epochs = 0): the run lasts
+        exactly ``steps`` optimizer steps; total_examples is what those steps consume (steps × B0
+        when B is constant; with step-wise batch growth the B of each step counts). Milestones,
+        warmup and the momentum schedule stay in epochs (examples seen / N) and must fall inside
+        the run; cosine batch growth is refused (its B depends on the run length).
       base_lr (float > 0): ε0, the LR at batch ``global_batch`` (CLR's lower bound).
       momentum (float in [0, 1)): m0.
       global_batch (int): B0, the initial global batch; a multiple of train.global_microbatch.
@@ -71,13 +87,15 @@ def default_schedule_config() -> ml_collections.ConfigDict:
       max_lr, step_size (iterations, half a cycle), gamma: CLR (Smith 2017); max_lr is also the
         1cycle peak (0 = base_lr).
       pct_start, div_factor, final_div_factor: 1cycle (as torch OneCycleLR).
+      range_mode: linear | exp: ``range_test`` (Smith 2017, section 3.3) rises from base_lr to
+        max_lr over step_size iterations (then stays at max_lr); ``lbt lr-range-test`` sets it.
     ``batch``:
       mode: decay_lr | increase_batch | hybrid | increase_lr | increase_momentum.
       max_global_batch (int): B_max; 0 = N/10 rounded down to a multiple of M for hybrid, no cap
         for the other modes (N rounded down for cosine growth, which needs a finite cap).
       rounding: error | down | nearest: what to do when a batch is not a multiple of M
         (the learning rate then absorbs the difference so g is kept).
-      lr_factor: increase_lr's factor on ε and B.
+      lr_factor: increase_lr's (and increase_momentum's) factor on ε and B.
       final_momentum: increase_momentum's m1.
     ``momentum_schedule`` (stepped momentum; not with batch.mode='increase_momentum'):
       milestones (tuple of epochs, strictly increasing, inside (0, epochs)) and values (the m from
@@ -86,6 +104,7 @@ def default_schedule_config() -> ml_collections.ConfigDict:
     """
     s = ml_collections.ConfigDict()
     s.epochs = 90.0
+    s.steps = 0
     s.base_lr = 0.1
     s.momentum = 0.9
     s.global_batch = 128
@@ -102,6 +121,7 @@ def default_schedule_config() -> ml_collections.ConfigDict:
     s.lr.pct_start = 0.3
     s.lr.div_factor = 25.0
     s.lr.final_div_factor = 1e4
+    s.lr.range_mode = "linear"
     s.batch = ml_collections.ConfigDict()
     s.batch.mode = "decay_lr"
     s.batch.max_global_batch = 0
@@ -116,13 +136,16 @@ def default_schedule_config() -> ml_collections.ConfigDict:
 
 @dataclasses.dataclass(frozen=True)
 class PlanPoint:
-    """B, ε, m and g at one examples_seen."""
+    """B, ε, m and g at one examples_seen: ``noise_scale`` = εN/(B(1 - m)) (the paper's
+    approximation, which every mode keeps equal to its reference), ``noise_scale_exact`` =
+    ε(N/B - 1)/(1 - m)."""
 
     phase: int
     global_batch: int
     lr: float
     momentum: float
     noise_scale: float
+    noise_scale_exact: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,8 +153,9 @@ class Phase:
     """A segment ``[start_example, end_example)`` of constant B and m.
 
     ``lr_start``/``lr_end`` are ε at the first and at the last example of the phase,
-    ``noise_scale``/``noise_scale_end`` likewise; ``steps`` counts the optimizer steps that start
-    in the phase, the first of which has index ``first_step``.
+    ``noise_scale``/``noise_scale_end`` (εN/(B(1 - m))) and ``noise_scale_exact``/
+    ``noise_scale_exact_end`` (ε(N/B - 1)/(1 - m)) likewise; ``steps`` counts the optimizer steps
+    that start in the phase, the first of which has index ``first_step``.
     """
 
     index: int
@@ -145,6 +169,8 @@ class Phase:
     noise_scale_end: float = 0.0
     steps: int = 0
     first_step: int = 0
+    noise_scale_exact: float = 0.0
+    noise_scale_exact_end: float = 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,6 +205,7 @@ class _Spec:
     m_milestones: tuple[int, ...] = ()  # stepped momentum, in examples
     m_values: tuple[float, ...] = ()
     m_scales: tuple[float, ...] = ()  # cumulative B factor (1 - momentum) / (1 - m_j)
+    range_mode: str = "linear"  # range_test: linear | exp
 
 
 def _num(x: Any) -> bool:
@@ -194,6 +221,9 @@ def _resolve(config: ml_collections.ConfigDict, N: int) -> _Spec:
     fixed order, so the first bad field is the one reported."""
     s = config.schedule
     lrc, bc = s.lr, s.batch
+    steps = _resolve_steps(s)
+    if steps:
+        return _resolve_fixed_steps(config, N, steps)
     M = _resolve_sizes(config, N)
     total = _resolve_run(s, N, M)
     rounding = bc.rounding
@@ -209,7 +239,8 @@ def _resolve(config: ml_collections.ConfigDict, N: int) -> _Spec:
     cap = _resolve_cap(bc, N, M, mode, name, B0 * init_scale, init_field)
     # (Each stepped batch is checked against M while the plan is built.)
     m_milestones, m_values, m_scales = _resolve_momentum_schedule(s, N, mode, momentum)
-    max_lr = float(lrc.max_lr) if name in lr_lib.CYCLIC else (float(lrc.max_lr) or float(s.base_lr))
+    rising = name in lr_lib.CYCLIC or name == "range_test"
+    max_lr = float(lrc.max_lr) if rising else (float(lrc.max_lr) or float(s.base_lr))
     return _Spec(
         N=N,
         M=M,
@@ -237,7 +268,69 @@ def _resolve(config: ml_collections.ConfigDict, N: int) -> _Spec:
         m_milestones=m_milestones,
         m_values=m_values,
         m_scales=m_scales,
+        range_mode=str(lrc.get("range_mode", "linear")),
     )
+
+
+def _resolve_steps(s: ml_collections.ConfigDict) -> int:
+    """``schedule.steps`` (0 = the run lasts ``schedule.epochs``); steps > 0 needs epochs = 0."""
+    steps = s.get("steps", 0)
+    if not _int(steps) or steps < 0:
+        raise ConfigError(
+            "schedule.steps", f"must be an int >= 0 (0 = the run lasts schedule.epochs), got {steps!r}; e.g. 1000"
+        )
+    if steps and s.epochs != 0:
+        raise ConfigError(
+            "schedule.epochs",
+            f"is {s.epochs!r}, but schedule.steps={steps} also sets the run length; set schedule.epochs=0 (the run "
+            f"then lasts exactly {steps} optimizer steps) or schedule.steps=0 (the run lasts epochs)",
+        )
+    return steps
+
+
+def _with_epochs(config: ml_collections.ConfigDict, epochs: float) -> ml_collections.ConfigDict:
+    c = config.copy_and_resolve_references()
+    with c.unlocked():
+        c.schedule.steps = 0
+        c.schedule.epochs = float(epochs)
+    return c
+
+
+def _examples_after(plan: Plan, steps: int) -> int:
+    """Examples seen after ``steps`` optimizer steps of ``plan`` (its last B continues past its end)."""
+    s = 0
+    for ph in plan.phases:
+        if s >= ph.end_example:
+            continue
+        n = -(-(ph.end_example - s) // ph.global_batch)
+        if n >= steps:
+            return s + steps * ph.global_batch
+        s, steps = s + n * ph.global_batch, steps - n
+    return s + steps * plan.phases[-1].global_batch
+
+
+def _resolve_fixed_steps(config: ml_collections.ConfigDict, N: int, steps: int) -> _Spec:
+    """``schedule.steps > 0``: a run of exactly ``steps`` optimizer steps. B at each step comes from a
+    probe plan that reaches past every milestone; total_examples is the sum of those B, and the
+    schedule is then resolved as if ``epochs = total_examples / N``."""
+    s = config.schedule
+    if s.batch.mode in GROWTH_MODES and s.lr.name == "cosine":
+        raise ConfigError(
+            "schedule.steps",
+            f"cannot fix the step count of cosine batch growth (batch.mode={s.batch.mode!r}, lr.name='cosine'): its "
+            "batches depend on the run length; set schedule.steps=0 and use schedule.epochs, or batch.mode='decay_lr'",
+        )
+    ms = s.get("momentum_schedule")
+    marks = [*s.lr.milestones, *(ms.milestones if ms is not None else ()), s.lr.warmup_epochs]
+    probe = _with_epochs(config, max([float(m) for m in marks if _num(m)] + [0.0]) + 1.0)
+    total = _examples_after(Plan(_resolve(probe, N)), steps)
+    try:
+        spec = _resolve(_with_epochs(config, total / N), N)
+    except ConfigError as e:
+        raise ConfigError(
+            e.field, f"{e.message} (schedule.steps={steps} makes the run {total / N:.6g} epochs)"
+        ) from None
+    return dataclasses.replace(spec, total=total)
 
 
 def _resolve_sizes(config: ml_collections.ConfigDict, N: int) -> int:
@@ -303,6 +396,8 @@ def _resolve_lr(s: ml_collections.ConfigDict, N: int) -> tuple[int, ...]:
         _check_cyclic(s)
     if name == "onecycle":
         _check_onecycle(s.lr)
+    if name == "range_test":
+        _check_range_test(s)
     return milestones
 
 
@@ -342,6 +437,24 @@ def _check_cyclic(s: ml_collections.ConfigDict) -> None:
         raise ConfigError("schedule.lr.gamma", f"must be in (0, 1], got {lrc.gamma!r}; e.g. 0.99994")
 
 
+def _check_range_test(s: ml_collections.ConfigDict) -> None:
+    """LR range test (Smith 2017, section 3.3): base_lr < max_lr, step_size >= 1, range_mode."""
+    lrc = s.lr
+    if not _num(lrc.max_lr) or lrc.max_lr <= s.base_lr:
+        raise ConfigError(
+            "schedule.lr.max_lr", f"the range test needs max_lr > base_lr={s.base_lr}, got {lrc.max_lr!r}; e.g. 10.0"
+        )
+    if not _int(lrc.step_size) or lrc.step_size < 1:
+        raise ConfigError(
+            "schedule.lr.step_size", f"is the range test's length in iterations, an int >= 1, got {lrc.step_size!r}"
+        )
+    mode = lrc.get("range_mode", "linear")
+    if mode not in lr_lib.RANGE_MODES:
+        raise ConfigError(
+            "schedule.lr.range_mode", f"unknown mode {mode!r}; choose one of {', '.join(lr_lib.RANGE_MODES)}"
+        )
+
+
 def _check_onecycle(lrc: ml_collections.ConfigDict) -> None:
     """1cycle (Smith 2018, as torch OneCycleLR): peak, pct_start and the two divisors."""
     if not _num(lrc.max_lr) or lrc.max_lr < 0:
@@ -368,8 +481,13 @@ def _resolve_mode(s: ml_collections.ConfigDict, mode: str, name: str) -> tuple[f
             raise ConfigError(
                 "schedule.batch.final_momentum", f"must be in [0, 1), got {bc.final_momentum!r}; e.g. 0.98"
             )
+        if not _num(bc.lr_factor) or bc.lr_factor <= 0:
+            raise ConfigError("schedule.batch.lr_factor", f"must be > 0, got {bc.lr_factor!r}; e.g. 1.0")
         momentum = float(bc.final_momentum)
-        init_scale, init_field = (1.0 - s.momentum) / (1.0 - momentum), "schedule.batch.final_momentum"
+        # B x (1 - m0) / (1 - m1) keeps g at fixed ε; lr_factor scales ε and B on top (the paper's
+        # CIFAR-10 "increased momentum coefficient" run: m 0.98, ε 0.5, B 3,200 = 128 x 5 x 5).
+        init_scale = float(bc.lr_factor) * (1.0 - s.momentum) / (1.0 - momentum)
+        init_field = "schedule.batch.final_momentum"
     if mode in ("increase_batch", "hybrid") and name not in lr_lib.DECAYING:
         raise ConfigError(
             "schedule.batch.mode",
@@ -596,6 +714,34 @@ def _segments(spec: _Spec) -> list[_Segment]:
     return segs
 
 
+def _check_batches_fit(spec: _Spec, segs: list[_Segment]) -> None:
+    """Refuse a global batch larger than N (the exact noise scale ε(N/B - 1)/(1 - m) would be
+    negative), naming the field that produced it."""
+    for i, g in enumerate(segs):
+        if g.B <= spec.N:
+            continue
+        more = (
+            f"more than the N={spec.N} training examples (the exact noise scale ε(N/B - 1)/(1 - m) would be negative)"
+        )
+        if spec.B0 > spec.N:
+            raise ConfigError(
+                "schedule.global_batch",
+                f"is {spec.B0}, {more}; use at most {batch_lib.floor_to_multiple(spec.N, spec.M)}",
+            )
+        if g.start == 0:
+            field = {"increase_lr": "schedule.batch.lr_factor", "increase_momentum": "schedule.batch.final_momentum"}
+            raise ConfigError(
+                field.get(spec.mode, "schedule.global_batch"),
+                f"gives an initial global batch of {g.B}, {more}; lower it or schedule.global_batch",
+            )
+        raise ConfigError(
+            "schedule.batch.max_global_batch",
+            f"the plan's global batch reaches {g.B} in phase {i} (from epoch {g.start / spec.N:g}), {more}; "
+            f"cap it with schedule.batch.max_global_batch <= {batch_lib.floor_to_multiple(spec.N, spec.M)} "
+            f"(Smith et al. 2018's B_max is about N/10 = {batch_lib.default_max_global_batch(spec.N, spec.M)})",
+        )
+
+
 class Plan:
     """Phases of B, ε, m over examples seen (see module docstring for the semantics).
 
@@ -611,7 +757,10 @@ class Plan:
         self.total_examples = spec.total
         self.mode = spec.mode
         self.lr_name = spec.name
+        #: B_max of the plan (the configured or default cap), None when B is not capped.
+        self.max_global_batch = spec.cap
         self._segs = _segments(spec)
+        _check_batches_fit(spec, self._segs)
         self._starts = [g.start for g in self._segs]
         last = self._segs[-1]
         self._total_steps = last.first_step + max(0, -(-(last.end - last.first_step_example) // last.B))
@@ -631,6 +780,8 @@ class Plan:
                     noise_scale_end=p1.noise_scale,
                     steps=self._seg_steps(i),
                     first_step=g.first_step,
+                    noise_scale_exact=p0.noise_scale_exact,
+                    noise_scale_exact_end=p1.noise_scale_exact,
                 )
             )
         self.phases: list[Phase] = phases
@@ -658,6 +809,9 @@ class Plan:
         elif name in lr_lib.CYCLIC:
             it = max(0, self._iteration(s, i))
             lr = lr_lib.cyclic(it, spec.base_lr, spec.max_lr, spec.step_size, name, spec.gamma) * float(g.scale)
+        elif name == "range_test":
+            it = self._iteration(s, i)
+            lr = lr_lib.range_test(it, spec.base_lr, spec.max_lr, spec.step_size, spec.range_mode) * float(g.scale)
         else:
             it = min(max(0, self._iteration(s, i)), self._total_steps - 1)
             lr = lr_lib.onecycle(
@@ -668,7 +822,7 @@ class Plan:
     def _point(self, s: int, i: int) -> PlanPoint:
         g = self._segs[i]
         lr = self._lr(s, i)
-        return PlanPoint(i, g.B, lr, g.m, _noise_scale(lr, self.N, g.B, g.m))
+        return PlanPoint(i, g.B, lr, g.m, _noise_scale(lr, self.N, g.B, g.m), _noise_scale_exact(lr, self.N, g.B, g.m))
 
     def at(self, examples_seen: int) -> PlanPoint:
         """B, ε, m and g for a step starting at ``examples_seen`` (past the end: the last phase)."""
@@ -704,6 +858,31 @@ def make_plan(config: ml_collections.ConfigDict, N: int) -> Plan:
     Raises :class:`lbt.errors.ConfigError` for invalid values.
     """
     return Plan(_resolve(config, N))
+
+
+def plan_warnings(plan: Plan) -> list[str]:
+    """One line per run of consecutive phases whose global batch B exceeds N/10, where the paper's
+    g = εN/(B(1 - m)) overstates the exact ε(N/B - 1)/(1 - m) by more than 11% (by B/(N - B)).
+
+    Pure: ``lbt plan`` prints these lines and ``lbt train`` logs them at the start of a run.
+    """
+    out: list[str] = []
+    N, phases, i = plan.N, plan.phases, 0
+    while i < len(phases):
+        B, j = phases[i].global_batch, i
+        while j + 1 < len(phases) and phases[j + 1].global_batch == B:
+            j += 1
+        if 10 * B > N:
+            err = noise_scale_overstatement(N, B)
+            size = "infinitely (the exact g is 0 at B = N)" if math.isinf(err) else f"by {100 * err:.1f}% (B/(N - B))"
+            names = f"phase {i}" if i == j else f"phases {i}-{j}"
+            epochs = f"epochs {phases[i].start_example / N:g}-{phases[j].end_example / N:g}"
+            out.append(
+                f"{names} ({epochs}): B = {B} > N/10 = {N / 10:g}; the noise scale g = εN/(B(1 - m)) "
+                f"overstates the exact ε(N/B - 1)/(1 - m) {size}; see noise_scale_exact"
+            )
+        i = j + 1
+    return out
 
 
 def baseline_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

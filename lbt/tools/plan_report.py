@@ -5,8 +5,11 @@ Usage::
     lbt plan --config configs/cifar10_wrn16_4_hybrid.py [--json] [--out DIR] [--config.a.b=value ...]
 
 N comes from the dataset registry (no data is loaded). The table lists each phase's epochs,
-B, k = B / M, ε, m, g and optimizer steps, then the total steps and the ratio against the
-``decay_lr`` plan with the same epochs (Smith et al. 2018, table 1's "parameter updates").
+B, k = B / M, ε, m, the noise scale g = εN/(B(1 - m)) and its exact form ε(N/B - 1)/(1 - m),
+and optimizer steps, then the total steps and the ratio against the ``decay_lr`` plan with the
+same epochs (the "parameter updates" Smith et al. 2018 count). Where a phase's B exceeds N/10
+(the approximation is off by more than 11%) a warning names the phase on stderr
+(:func:`lbt.schedules.plan.plan_warnings`); ``--json`` carries the same lines as ``warnings``.
 """
 
 from __future__ import annotations
@@ -33,8 +36,12 @@ def _dataset_size(config) -> int:
     return int(get_dataset_size(config.dataset.name, config))
 
 
-def plan_summary(plan, baseline=None) -> dict[str, Any]:
-    """The JSON summary: phases, total_steps and (with a baseline) baseline_steps and ratio."""
+def plan_summary(plan, baseline=None, config=None) -> dict[str, Any]:
+    """The JSON summary: phases, total_steps, B_max (``max_global_batch``, null = no cap), the
+    N/10 ``warnings``, (with a baseline) baseline_steps and ratio, and (with the config) the
+    ghost batch G (``model.ghost_batch_size``, 0 resolved to M), momentum optimizer and weight decay."""
+    from lbt.schedules.plan import plan_warnings
+
     out: dict[str, Any] = {
         "phases": [
             {
@@ -46,6 +53,7 @@ def plan_summary(plan, baseline=None) -> dict[str, Any]:
                 "lr_end": ph.lr_end,
                 "momentum": ph.momentum,
                 "noise_scale": ph.noise_scale,
+                "noise_scale_exact": ph.noise_scale_exact,
                 "steps": ph.steps,
             }
             for ph in plan.phases
@@ -54,31 +62,44 @@ def plan_summary(plan, baseline=None) -> dict[str, Any]:
         "N": plan.N,
         "microbatch": plan.microbatch,
         "total_examples": plan.total_examples,
+        "max_global_batch": plan.max_global_batch,
+        "mode": plan.mode,
+        "lr_name": plan.lr_name,
+        "warnings": plan_warnings(plan),
     }
+    if config is not None:
+        out["ghost_batch"] = int(config.model.ghost_batch_size) or plan.microbatch
+        out["optimizer"] = config.optimizer.name
+        out["weight_decay"] = float(config.optimizer.weight_decay)
     if baseline is not None:
         out["baseline_steps"] = baseline.total_steps()
         out["ratio"] = plan.total_steps() / baseline.total_steps()
     return out
 
 
-def format_table(plan, baseline=None) -> str:
-    """A plain-text table of the phases."""
-    head = f"{'phase':>5} {'epochs':>15} {'B':>7} {'k':>5} {'lr':>21} {'m':>6} {'g':>19} {'steps':>8}"
+def _span(a: float, b: float) -> str:
+    return f"{a:.4g}" if abs(a - b) <= 1e-9 * abs(a) else f"{a:.4g}->{b:.4g}"
+
+
+def format_table(plan, baseline=None, config=None) -> str:
+    """A plain-text table of the phases (with the config: the ghost batch and the optimizer too)."""
+    head = f"{'phase':>5} {'epochs':>15} {'B':>7} {'k':>5} {'lr':>21} {'m':>6} {'g':>19} {'g exact':>19} {'steps':>8}"
+    cap = plan.max_global_batch if plan.max_global_batch is not None else "none"
+    extra = ""
+    if config is not None:
+        G = int(config.model.ghost_batch_size) or plan.microbatch
+        extra = f" ghost_batch={G} optimizer={config.optimizer.name} weight_decay={config.optimizer.weight_decay:g}"
     lines = [
-        f"mode={plan.mode} lr={plan.lr_name} N={plan.N} M={plan.microbatch} total_examples={plan.total_examples}",
+        f"mode={plan.mode} lr={plan.lr_name} N={plan.N} M={plan.microbatch} B_max={cap}{extra} total_examples={plan.total_examples}",
         head,
         "-" * len(head),
     ]
     for ph in plan.phases:
         ep = f"{ph.start_example / plan.N:g}-{ph.end_example / plan.N:g}"
         lr = f"{ph.lr_start:.4g}" if ph.lr_start == ph.lr_end else f"{ph.lr_start:.4g}->{ph.lr_end:.4g}"
-        g = (
-            f"{ph.noise_scale:.4g}"
-            if abs(ph.noise_scale - ph.noise_scale_end) <= 1e-9 * ph.noise_scale
-            else f"{ph.noise_scale:.4g}->{ph.noise_scale_end:.4g}"
-        )
+        g, gx = _span(ph.noise_scale, ph.noise_scale_end), _span(ph.noise_scale_exact, ph.noise_scale_exact_end)
         lines.append(
-            f"{ph.index:>5} {ep:>15} {ph.global_batch:>7} {ph.global_batch // plan.microbatch:>5} {lr:>21} {ph.momentum:>6.3g} {g:>19} {ph.steps:>8}"
+            f"{ph.index:>5} {ep:>15} {ph.global_batch:>7} {ph.global_batch // plan.microbatch:>5} {lr:>21} {ph.momentum:>6.3g} {g:>19} {gx:>19} {ph.steps:>8}"
         )
     lines.append(f"total optimizer steps: {plan.total_steps()}")
     if baseline is not None:
@@ -91,7 +112,7 @@ def format_table(plan, baseline=None) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``lbt plan``; returns the exit code (2 for a config error)."""
-    from lbt.schedules.plan import baseline_config, make_plan
+    from lbt.schedules.plan import baseline_config, make_plan, plan_warnings
 
     parser = argparse.ArgumentParser(prog="lbt plan", description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument(
@@ -116,10 +137,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from lbt.tools.plots import plot_plan
 
         png = plot_plan(plan, Path(args.out) / "plan.png", baseline=baseline if plan.mode != "decay_lr" else None)
+    for line in plan_warnings(plan):
+        print(f"warning: {line}", file=sys.stderr)
     if args.json:
-        print(json.dumps(plan_summary(plan, baseline)))
+        print(json.dumps(plan_summary(plan, baseline, config)))
     else:
-        print(format_table(plan, baseline))
+        print(format_table(plan, baseline, config))
         if not args.no_plot:
             print(f"wrote {png}")
     return 0

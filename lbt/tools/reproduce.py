@@ -96,6 +96,15 @@ def scale_epochs(config, epochs: float):
     return c
 
 
+def _largest_batch(config) -> int:
+    """N rounded down to a multiple of the global microbatch: the largest batch a plan may use."""
+    from lbt.data.registry import get_dataset_size
+
+    N = get_dataset_size(config.dataset.name, config)
+    M = int(config.train.global_microbatch)
+    return N // M * M
+
+
 def suite_configs(
     suite: str,
     *,
@@ -138,6 +147,8 @@ def suite_configs(
             with c.unlocked():
                 c.schedule.batch.mode = p
                 c.name = f"{base.name}_{p}"
+                if p == "increase_batch":  # B may not exceed N: cap it there, ε absorbs the rest (g kept)
+                    c.schedule.batch.max_global_batch = _largest_batch(c)
             configs[p] = c
     out = {}
     for p, c in configs.items():

@@ -29,8 +29,8 @@ from lbt.data.registry import load_splits, train_size
 from lbt.errors import TrainingError
 from lbt.models import build_model
 from lbt.parallel.accumulate import TrainPrograms, build_programs
-from lbt.parallel.mesh import global_batch_array, make_mesh
-from lbt.schedules.plan import Plan, PlanPoint
+from lbt.parallel.mesh import data_sharded, global_batch_array, make_mesh
+from lbt.schedules.plan import Plan, PlanPoint, plan_warnings
 from lbt.train.checkpoint import (
     Checkpointer,
     CheckpointError,
@@ -44,6 +44,7 @@ from lbt.train.evaluate import EvalSchedule, eval_interval, evaluate
 from lbt.train.faults import Faults
 from lbt.train.metrics import MetricsWriter, PendingMetrics, TrainClock, json_safe, write_json, write_text_atomic
 from lbt.train.optim import make_optimizer
+from lbt.train.perf import Profiler, flops_per_example, mfu, peak_flops
 from lbt.train.state import TrainState, abstract_state, init_state
 from lbt.train.workdir import WorkdirLock, already_finished_message, finished_summary
 
@@ -78,6 +79,9 @@ class _Io:
     saves: SavePolicy
     preempt: _PreemptionFlag
     clock: TrainClock
+    profiler: Profiler
+    flops_per_example: float | None = None  # XLA's cost analysis of accum
+    peak_flops: float | None = None  # per device; None on CPU or an unknown device
 
 
 class Trainer:
@@ -136,7 +140,7 @@ class Trainer:
             done = self._claim_workdir(stack)
             if done is not None:
                 return done
-            ckpt = Checkpointer(self.workdir, keep=self.config.checkpoint.keep)
+            ckpt = Checkpointer(self.workdir, keep=self.config.checkpoint.keep, digest=self.config.checkpoint.digest)
             stack.callback(ckpt.close)
             rs, resumed = self._start(ckpt)
             io = self._open_io(stack, ckpt, rs, resumed)
@@ -171,7 +175,7 @@ class Trainer:
             io.ckpt.save(rs.step, rs.train_state, self._meta(rs))
             io.ckpt.wait()
             digest = state_digest(rs.train_state)
-            summary = self._summary(rs, last_eval, digest, resumed=resumed, wall_s=time.time() - t0, clock=io.clock)
+            summary = self._summary(rs, last_eval, digest, resumed=resumed, wall_s=time.time() - t0, io=io)
             self._write_summary(summary)  # still under the workdir lock
         return summary
 
@@ -183,6 +187,7 @@ class Trainer:
         B = point.global_batch
         k = B // self.M
         compiles = self.counter.train
+        io.profiler.before_step(rs.step + 1)
         with self.counter.training():
             for _ in range(k - 1):
                 rs.acc = self.programs.accum(rs.train_state, rs.acc, *next(io.batches))
@@ -200,8 +205,10 @@ class Trainer:
             "lr": point.lr,
             "momentum": point.momentum,
             "noise_scale": point.noise_scale,
+            "noise_scale_exact": point.noise_scale_exact,
         }
         io.pending.add(record, dev_metrics)
+        io.profiler.after_step(rs.step + 1, dev_metrics)
         rs.examples_seen += B
         rs.step += 1
         if io.progress is not None:
@@ -305,6 +312,7 @@ class Trainer:
 
     def _checkpoint_hook(self, rs: RunState, io: _Io, sync: bool) -> None:
         """Save when the policy says so; on an agreed SIGTERM save, then raise :class:`Preempted`."""
+        io.ckpt.check(sync)  # a failed async save: one-line CheckpointError at this step boundary
         decision = io.saves.decide(
             rs.examples_seen,
             self.plan.total_examples,
@@ -406,22 +414,52 @@ class Trainer:
             self.plan.total_steps(),
             self.plan.total_examples,
         )
+        for line in plan_warnings(self.plan):
+            log.warning("plan: %s", line)
         progress = _progress(self.plan.total_examples, rs.examples_seen, self.primary and self.config.train.progress)
         preempt = _PreemptionFlag()
         stack.callback(preempt.restore)
         io = _Io(
             ckpt=ckpt,
             writer=writer,
-            pending=PendingMetrics(writer, progress, lookahead=steps_in_flight(self.config)),
+            pending=PendingMetrics(writer, progress, steps_in_flight(self.config), lambda: self._rates(io)),
             progress=progress,
             batches=self._device_batches(rs.examples_seen),
             evals=EvalSchedule(eval_interval(self.config, self.N), rs.examples_seen),
             saves=SavePolicy(self.config, self.N, rs.examples_seen),
             preempt=preempt,
             clock=TrainClock(),
+            profiler=Profiler(self.workdir, tuple(self.config.train.profile_steps)),
         )
+        stack.callback(io.profiler.stop)
+        io.flops_per_example, io.peak_flops = self._flops(rs)
         stack.callback(lambda: io.batches.close())  # the iterator is replaced on rollback
         return io
+
+    def _flops(self, rs: RunState) -> tuple[float | None, float | None]:
+        """Model FLOPs per example (cost analysis of ``accum``) and the device's peak FLOP/s."""
+        wire = np.uint8 if self.raw and self.splits.train.input_lut is not None else np.float32
+        shard = data_sharded(self.mesh)
+        images = jax.ShapeDtypeStruct((self.M, *self.splits.train.image_shape), wire, sharding=shard)
+        labels = jax.ShapeDtypeStruct((self.M,), np.int32, sharding=shard)
+        args = (rs.train_state, rs.acc, images, labels)
+        flops = flops_per_example(self.programs.accum, args, self.M // self.num_devices)
+        device = jax.devices()[0]
+        override = float(self.config.train.peak_flops)
+        if device.platform == "cpu" and not override:
+            return flops, None  # no meaningful peak: MFU is omitted on CPU
+        return flops, peak_flops(device.device_kind, self.config.model.dtype, override)
+
+    def _rates(self, io: _Io) -> dict[str, Any]:
+        """Throughput of the steps read since the last flush (eval, checkpoint, compile excluded)."""
+        examples, seconds, steps = io.clock.window()
+        if not steps or seconds <= 0:
+            return {}
+        rates = {"examples_per_s": examples / seconds, "step_s": seconds / steps}
+        util = mfu(io.flops_per_example, rates["examples_per_s"], io.peak_flops, self.num_devices)
+        if util is not None:
+            rates["mfu"] = util
+        return rates
 
     def _meta(self, rs: RunState) -> dict[str, Any]:
         """Checkpoint metadata: the position, the config, and what the loop needs to resume."""
@@ -451,7 +489,7 @@ class Trainer:
         *,
         resumed: bool,
         wall_s: float,
-        clock: TrainClock,
+        io: _Io,
     ) -> dict[str, Any]:
         return json_safe(
             {
@@ -462,7 +500,11 @@ class Trainer:
                 "train_compilations": self.counter.train,
                 "wall_s": wall_s,
                 # steps only: eval, checkpoint and compile time excluded (TrainClock)
-                "train_examples_per_s": clock.examples_per_s,
+                "train_examples_per_s": io.clock.examples_per_s,
+                "train_cache_hits": self.counter.train_cache_hits,
+                "model_flops_per_example": io.flops_per_example,
+                "mfu": mfu(io.flops_per_example, io.clock.examples_per_s, io.peak_flops, self.num_devices),
+                "device_kind": jax.devices()[0].device_kind,
                 "devices": self.num_devices,
                 "processes": jax.process_count(),
                 "config_name": self.config.name,

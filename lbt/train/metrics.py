@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -304,10 +305,17 @@ class PendingMetrics:
     dropped: a rollback or stop follows).
     """
 
-    def __init__(self, writer: MetricsWriter, progress: Any = None, lookahead: int = 1):
+    def __init__(
+        self,
+        writer: MetricsWriter,
+        progress: Any = None,
+        lookahead: int = 1,
+        on_read: Callable[[], dict[str, Any]] | None = None,
+    ):
         self.writer = writer
         self.progress = progress
         self.lookahead = lookahead
+        self.on_read = on_read  # fields measured once the pending steps are done (throughput)
         self._items: list[tuple[dict[str, Any], dict[str, Any]]] = []
 
     def __len__(self) -> int:
@@ -329,6 +337,8 @@ class PendingMetrics:
 
         bad = None
         values = host_values([dev for _, dev in self._items])  # one transfer for all pending steps
+        if self._items and self.on_read is not None:
+            extra = {**(extra or {}), **self.on_read()}
         for (rec, _), dev in zip(self._items, values):
             rec.update(loss=float(dev["loss"]), grad_norm=float(dev["grad_norm"]))
             rec["skipped_nonfinite"] = not bool(dev["finite"])
@@ -355,21 +365,37 @@ class TrainClock:
         self.seconds = 0.0
         self.examples = 0
         self._last = time.perf_counter()
+        self._window = [0, 0.0, 0]  # examples, seconds, steps since the last window()
 
     def step(self, examples: int, compiled: bool) -> None:
         now = time.perf_counter()
         if not compiled:
-            self.seconds += now - self._last
-            self.examples += examples
+            self._add(now - self._last, examples, 1)
         self._last = now
+
+    def _add(self, seconds: float, examples: int, steps: int) -> None:
+        self.seconds += seconds
+        self.examples += examples
+        self._window[0] += examples
+        self._window[1] += seconds
+        self._window[2] += steps
 
     def skip(self) -> None:
         self._last = time.perf_counter()
 
     def finish(self) -> None:
         """Count the time until now (the last steps' device work, read by the final flush)."""
-        self.seconds += time.perf_counter() - self._last
-        self._last = time.perf_counter()
+        now = time.perf_counter()
+        self._add(now - self._last, 0, 0)
+        self._last = now
+
+    def window(self) -> tuple[int, float, int]:
+        """``(examples, seconds, steps)`` since the previous window, the time until now included
+        (call it once the window's steps are done, e.g. after their metrics were read)."""
+        self.finish()
+        out = (self._window[0], self._window[1], self._window[2])
+        self._window = [0, 0.0, 0]
+        return out
 
     @property
     def examples_per_s(self) -> float:

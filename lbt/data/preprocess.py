@@ -17,10 +17,23 @@ log-uniform in [3/4, 4/3], 10 attempts, then a center-crop fallback, as torchvis
 ``RandomResizedCrop`` / ``tf.image.sample_distorted_bounding_box``), resized to ``size`` x ``size``
 with bilinear PIL resampling, flip with probability 1/2, normalise. Eval: resize the shorter side
 to ``round(size / 0.875)`` (256 for 224, 342 for 299), center crop ``size`` x ``size``, normalise.
+
+ImageNet train from JPEG bytes (:func:`imagenet_train_u8_jpeg`, the path training takes) decodes
+only what the crop needs. The crop is drawn from the size in the JPEG header, before decoding
+(the same draws as :func:`imagenet_train_u8`), then
+
+* **rows**: a baseline JPEG is decoded only down to the crop's bottom edge plus one MCU row (its
+  frame header's height is lowered), which gives bit-identical crop pixels to a full decode;
+* **DCT scaling** (PIL draft mode): a crop that is at least 2, 4 or 8 times ``size`` on both
+  sides is decoded at 1/2, 1/4 or 1/8 scale by libjpeg and the crop box scaled by the same
+  factor, so the final resize still only downscales. This changes the pixels against a full
+  decode (libjpeg's scaled IDCT instead of PIL's filter over the first factor); it is a pure
+  function of the bytes and the crop, hence of (seed, position).
 """
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
@@ -173,6 +186,105 @@ def imagenet_train_u8(image: np.ndarray, rng: np.random.Generator, size: int) ->
     return out
 
 
+# JPEG start-of-frame markers (SOF0-SOF15 except DHT C4, JPG C8 and DAC CC).
+_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+# Sequential Huffman frames (baseline, extended): one scan, rows in order, so the frame height can
+# be lowered to stop decoding early.
+_JPEG_SEQUENTIAL = frozenset({0xC0, 0xC1})
+DCT_SCALES = (8, 4, 2)
+
+
+def jpeg_frame(data: bytes) -> tuple[int, int, int, int, bool] | None:
+    """``(height, width, mcu_height, height_offset, sequential)`` from a JPEG's frame header.
+
+    ``height_offset`` is the byte offset of the 16-bit height field; ``sequential`` is True for
+    baseline / extended Huffman frames. None if ``data`` is not a JPEG whose frame header comes
+    before its first scan (the caller then decodes the image fully)."""
+    n = len(data)
+    if n < 4 or data[0] != 0xFF or data[1] != 0xD8:
+        return None
+    i = 2
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # parameterless markers
+            i += 2
+            continue
+        if marker in (0xD8, 0xD9, 0xDA):  # SOI / EOI / SOS before any frame header
+            return None
+        length = (data[i + 2] << 8) | data[i + 3]
+        if marker in _JPEG_SOF:
+            s = i + 4
+            if s + 6 > n:
+                return None
+            height = (data[s + 1] << 8) | data[s + 2]
+            width = (data[s + 3] << 8) | data[s + 4]
+            components = data[s + 5]
+            if height == 0 or width == 0 or components == 0 or s + 6 + 3 * components > n:
+                return None  # height 0: defined later by a DNL marker
+            v_max = max(data[s + 7 + 3 * k] & 0x0F for k in range(components)) or 1
+            return height, width, 8 * v_max, s + 1, marker in _JPEG_SEQUENTIAL
+        i += 2 + length
+    return None
+
+
+def dct_scale(crop_h: int, crop_w: int, size: int) -> int:
+    """The largest libjpeg DCT scale factor (8, 4, 2, else 1) that leaves a crop of
+    ``crop_h`` x ``crop_w`` at least ``size`` on both sides, so the final resize only downscales."""
+    for s in DCT_SCALES:
+        if crop_h >= s * size and crop_w >= s * size:
+            return s
+    return 1
+
+
+def decode_jpeg_window(data: bytes, frame, bottom: int, scale: int):
+    """PIL image of the JPEG ``data`` decoded down to row ``bottom`` (exclusive; more rows may be
+    decoded) at DCT scale ``1/scale`` (draft mode). Returns ``(image, applied_scale)``; the image
+    is RGB and starts at row 0 of the full image, in units of ``1/applied_scale`` pixels."""
+    from PIL import JpegImagePlugin
+
+    height, width, mcu, at, sequential = frame
+    if sequential:
+        # One MCU row of margin past `bottom`: every row above it sees the same chroma upsampling
+        # context as in a full decode, so its pixels are identical.
+        rows = min(height, -(-(bottom + mcu) // mcu) * mcu)
+        if rows < height:
+            data = b"".join((data[:at], rows.to_bytes(2, "big"), data[at + 2 :]))
+    img = JpegImagePlugin.JpegImageFile(io.BytesIO(data))
+    applied = 1
+    if scale > 1:
+        w, h = img.size
+        img.draft("RGB", (max(1, w // scale), max(1, h // scale)))
+        applied = int(img.decoderconfig[0]) if img.decoderconfig else 1
+    img.load()
+    if img.mode != "RGB":  # grey (as as_rgb: the channel repeated), CMYK
+        img = img.convert("RGB")
+    return img, applied
+
+
+def imagenet_train_u8_jpeg(data: bytes, rng: np.random.Generator, size: int) -> np.ndarray | None:
+    """:func:`imagenet_train_u8` of the JPEG ``data`` (bytes), decoding only what the crop needs
+    (module docstring), or None if ``data`` is not a JPEG with a readable frame header."""
+    from PIL import Image
+
+    frame = jpeg_frame(data)
+    if frame is None:
+        return None
+    top, left, h, w = sample_crop(frame[0], frame[1], rng)
+    scale = dct_scale(h, w, size)
+    # The resize filter reaches about (crop / size) pixels past the box edge: decode those rows too.
+    img, s = decode_jpeg_window(data, frame, top + h + -(-h // size) + 2 * scale, scale)
+    box = (left / s, top / s, (left + w) / s, (top + h) / s)
+    img = img.resize((size, size), resample=Image.BILINEAR, box=box)
+    if rng.random() < 0.5:
+        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    return np.asarray(img)
+
+
 def eval_resize_size(size: int) -> int:
     """The shorter side before the eval center crop: 256 for 224, 342 for 299."""
     return int(round(size / EVAL_CROP_FRACTION))
@@ -244,6 +356,13 @@ class Preprocessor:
         if self.kind == "cifar":
             return cifar_train_u8(image, rng)
         return imagenet_train_u8(image, rng, self.image_size)
+
+    def train_u8_encoded(self, data: bytes, seed: int, position: int) -> np.ndarray | None:
+        """:meth:`train_u8` straight from encoded bytes where that saves work (ImageNet JPEGs:
+        :func:`imagenet_train_u8_jpeg`), else None (decode fully, then :meth:`train_u8`)."""
+        if self.kind != "imagenet" or not self.augment:
+            return None
+        return imagenet_train_u8_jpeg(data, example_rng(seed, position), self.image_size)
 
     def eval_u8(self, image: np.ndarray) -> np.ndarray:
         if self.kind == "cifar":

@@ -322,23 +322,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_train: 
         raise ConfigError("model.bn_momentum", f"must be in [0, 1), got {config.model.bn_momentum}")
     if config.train.log_every_steps < 1:
         raise ConfigError("train.log_every_steps", f"must be >= 1, got {config.train.log_every_steps}")
-    if config.train.grad_reduction not in GRAD_REDUCTIONS:
-        raise ConfigError(
-            "train.grad_reduction", f"unknown layout {config.train.grad_reduction!r}; choose auto, flat or per_leaf"
-        )
-    if config.train.steps_in_flight < -1:
-        raise ConfigError(
-            "train.steps_in_flight", f"must be -1 (auto), 0 (unbounded) or >= 1, got {config.train.steps_in_flight}"
-        )
-    if config.train.device_prefetch < 0:
-        raise ConfigError("train.device_prefetch", f"must be >= 0, got {config.train.device_prefetch}; e.g. 2")
-    if config.train.peak_flops < 0:
-        raise ConfigError("train.peak_flops", f"must be >= 0 (0 = the built-in table), got {config.train.peak_flops}")
-    ps = tuple(config.train.profile_steps)
-    if ps and (len(ps) != 2 or not all(isinstance(v, int) and v >= 1 for v in ps)):
-        raise ConfigError(
-            "train.profile_steps", f"must be () or (start, count) with both >= 1, got {ps!r}; e.g. (20, 5)"
-        )
+    _check_loop_fields(config)
     m = config.train.global_microbatch
     if m <= 0:
         raise ConfigError("train.global_microbatch", f"must be positive, got {m}")
@@ -361,6 +345,27 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_train: 
         if config.checkpoint[f] < 0:
             raise ConfigError(f"checkpoint.{f}", f"must be >= 0 (0 = off), got {config.checkpoint[f]}")
     return make_plan(config, num_train)
+
+
+def _check_loop_fields(config: ml_collections.ConfigDict) -> None:
+    """The fields of how the loop runs (reduction layout, dispatch, prefetch, MFU, profiling)."""
+    if config.train.grad_reduction not in GRAD_REDUCTIONS:
+        raise ConfigError(
+            "train.grad_reduction", f"unknown layout {config.train.grad_reduction!r}; choose auto, flat or per_leaf"
+        )
+    if config.train.steps_in_flight < -1:
+        raise ConfigError(
+            "train.steps_in_flight", f"must be -1 (auto), 0 (unbounded) or >= 1, got {config.train.steps_in_flight}"
+        )
+    if config.train.device_prefetch < 0:
+        raise ConfigError("train.device_prefetch", f"must be >= 0, got {config.train.device_prefetch}; e.g. 2")
+    if config.train.peak_flops < 0:
+        raise ConfigError("train.peak_flops", f"must be >= 0 (0 = the built-in table), got {config.train.peak_flops}")
+    ps = tuple(config.train.profile_steps)
+    if ps and (len(ps) != 2 or not all(isinstance(v, int) and v >= 1 for v in ps)):
+        raise ConfigError(
+            "train.profile_steps", f"must be () or (start, count) with both >= 1, got {ps!r}; e.g. (20, 5)"
+        )
 
 
 def _check_optimizer_momentum(config: ml_collections.ConfigDict) -> None:

@@ -93,9 +93,10 @@ def test_two_process_resume_past_corrupt_newest_checkpoint(tmp_path):
     steps = step_dirs(tmp_path)
     assert len(steps) == 2 and steps[-1] == full["optimizer_steps"]
     data = [f for f in (tmp_path / "checkpoints" / str(steps[-1]) / "state").rglob("*") if f.is_file()]
-    data = [f for f in data if f.parent.name == "d" and "ocdbt.process_0" in str(f)]
-    biggest = max(data, key=lambda f: f.stat().st_size)
-    biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])
+    data = [f for f in data if f.parent.name == "d"]
+    assert data
+    for f in data:  # truncate every data file of the newest step (which files hold which arrays varies)
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     (tmp_path / "summary.json").unlink()
 
     outs = run_two_processes(tmp_path)  # resume: the same command

@@ -24,6 +24,7 @@ import optax
 import pytest
 
 from lbt.config import base_config
+from lbt.data.preprocess import apply_lut
 from lbt.models import build_model
 from lbt.models import inception_resnet_v2 as irv2
 from lbt.models.resnet import BasicBlock, Bottleneck
@@ -49,6 +50,8 @@ def small_config(optimizer: str = "momentum", **optim) -> ml_collections.ConfigD
     c.train.progress = False
     c.train.eval_every_epochs = 0.0
     c.optimizer.name = optimizer
+    if optimizer == "sgd":  # plain SGD has no momentum: the plan's m must be 0 (a config error otherwise)
+        c.schedule.momentum = 0.0
     for k, v in optim.items():
         c.optimizer[k] = v
     return c
@@ -234,7 +237,8 @@ def test_trainer_loss_uses_config_label_smoothing(tmp_path):
     _, _, metrics = s.progs.apply(s.state, acc, np.int32(1), np.float32(0.0), np.float32(0.0))
     # reference: the same model on one device over the whole microbatch (G = 4 groups by index)
     ref = build_model(config, 10, 1)
-    logits, _ = ref.apply({"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"])
+    xf = apply_lut(x, s.trainer.splits.train.input_lut)  # the stream sends uint8; the reference needs float32
+    logits, _ = ref.apply({"params": params, "batch_stats": stats}, xf, train=True, mutable=["batch_stats"])
     expect = _smoothed_ce_numpy(np.asarray(logits, np.float64), np.asarray(y), alpha).mean()
     np.testing.assert_allclose(float(metrics["loss"]), expect, rtol=1e-5)
     unsmoothed = _smoothed_ce_numpy(np.asarray(logits, np.float64), np.asarray(y), 0.0).mean()

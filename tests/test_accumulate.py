@@ -17,7 +17,7 @@ from lbt.train.loop import Trainer
 from lbt.train.losses import cross_entropy
 from lbt.train.metrics import read_jsonl
 from lbt.train.optim import make_optimizer
-from lbt.train.state import init_state
+from lbt.train.state import init_state, init_state_fn
 
 
 def small_config(**schedule):
@@ -183,10 +183,10 @@ def _assert_bitwise_equal(a, b):
         assert u.tobytes() == v.tobytes()
 
 
-@pytest.mark.parametrize("k", [1, 2, 4])
-def test_fused_final_and_both_reductions_are_bit_identical(k):
-    """final (last microbatch + reduction + update in one program) == k accum + apply, bit for bit;
-    per_leaf == flat bit for bit (the same means, element by element)."""
+@pytest.fixture(scope="module")
+def fused_setup():
+    """Programs of both reductions and the first 4 microbatches, built once for every k (the
+    programs' shapes do not depend on k, so nothing compiles again)."""
     config = small_config()
     M = config.train.global_microbatch
     mesh = make_mesh()
@@ -195,14 +195,24 @@ def test_fused_final_and_both_reductions_are_bit_identical(k):
     tx = make_optimizer(config)
     stream = TrainStream(splits.train, seed=1, microbatch=M)
     batches = []
-    for i in range(k):
+    for i in range(4):
         x, y = stream.local_microbatch(i * M)
         batches.append((global_batch_array(mesh, x, M), global_batch_array(mesh, y, M)))
+    progs = {
+        r: build_programs(model, tx, mesh, num_classes=10, bn_momentum=0.9, reduction=r) for r in ("flat", "per_leaf")
+    }
+    return progs, init_state_fn(model, tx, mesh, (8, 8, 1), seed=0), batches
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_fused_final_and_both_reductions_are_bit_identical(k, fused_setup):
+    """final (last microbatch + reduction + update in one program) == k accum + apply, bit for bit;
+    per_leaf == flat bit for bit (the same means, element by element)."""
+    progs_by_reduction, init, batches = fused_setup
     results = {}
-    for reduction in ("flat", "per_leaf"):
-        progs = build_programs(model, tx, mesh, num_classes=10, bn_momentum=0.9, reduction=reduction)
+    for reduction, progs in progs_by_reduction.items():
         for fused in (False, True):
-            state = init_state(model, tx, mesh, (8, 8, 1), seed=0)  # a fresh one: steps donate it
+            state = init()  # a fresh one: steps donate it
             results[reduction, fused] = _step_results(progs, state, batches, k, fused)
     ref = results["flat", False]
     assert np.isfinite(ref[1]["loss"]) and int(ref[0].step) == 1

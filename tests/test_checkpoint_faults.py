@@ -129,11 +129,21 @@ def disk_full_from(monkeypatch):
     state = {"from": None, "saving": None, "calls": []}
     write = serialization.async_serialize_from_host
     save = ocp.CheckpointManager.save
+    in_progress = ocp.CheckpointManager.is_saving_in_progress
 
     async def failing_write(*args, **kwargs):
         if state["from"] is not None and state["saving"] >= state["from"]:
             raise OSError(errno.ENOSPC, "No space left on device")
         return await write(*args, **kwargs)
+
+    def settled_in_progress(self):
+        # While a doomed save runs, let its background commit end before answering, so the step
+        # that reports it does not depend on how loaded the machine is (CI has 2 slow cores).
+        doomed = state["from"] is not None and state["saving"] >= state["from"]
+        deadline = time.monotonic() + 60
+        while doomed and in_progress(self) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return in_progress(self)
 
     def recording_save(self, step, *args, **kwargs):
         state["saving"] = step
@@ -142,6 +152,7 @@ def disk_full_from(monkeypatch):
 
     monkeypatch.setattr(serialization, "async_serialize_from_host", failing_write)
     monkeypatch.setattr(ocp.CheckpointManager, "save", recording_save)
+    monkeypatch.setattr(ocp.CheckpointManager, "is_saving_in_progress", settled_in_progress)
 
     def arm(step):
         state["from"] = step

@@ -7,7 +7,9 @@ import subprocess
 import sys
 import time
 
+import jax
 import ml_collections
+import numpy as np
 import pytest
 from jax._src import monitoring as jax_monitoring
 
@@ -135,6 +137,16 @@ def test_rollback_is_bounded(tmp_path):
     events = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if r.get("event") == "rollback"]
     assert len(events) == 4
     assert not (tmp_path / "summary.json").exists()
+
+
+def test_rollback_to_the_start_reuses_the_init_program(tmp_path):
+    """Each rollback to step 0 used to recompile the init program (4 s for the digits CNN)."""
+    trainer = Trainer(_diverging(), tmp_path)
+    first = trainer._init_state()
+    compiled = trainer.counter.total
+    again = trainer._init_state()
+    assert trainer.counter.total == compiled
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(again), strict=True))
 
 
 def test_rollback_skipped_fraction_is_bounded(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import flax
@@ -31,11 +33,21 @@ def initial_state(model: Any, tx: optax.GradientTransformation, image_shape: tup
     return TrainState(params=params, batch_stats=stats, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32))
 
 
+def init_state_fn(
+    model: Any, tx: optax.GradientTransformation, mesh: Mesh, image_shape: tuple[int, ...], seed: int
+) -> Callable[[], TrainState]:
+    """A jitted ``() -> TrainState``: :func:`initial_state` replicated over ``mesh``. Keep it and
+    call it again (a rollback to the start) to reuse its compiled program."""
+    return jax.jit(
+        functools.partial(initial_state, model, tx, tuple(image_shape), seed), out_shardings=replicated(mesh)
+    )
+
+
 def init_state(
     model: Any, tx: optax.GradientTransformation, mesh: Mesh, image_shape: tuple[int, ...], seed: int
 ) -> TrainState:
     """:func:`initial_state`, replicated over ``mesh`` (the same on every process)."""
-    return jax.jit(lambda: initial_state(model, tx, image_shape, seed), out_shardings=replicated(mesh))()
+    return init_state_fn(model, tx, mesh, image_shape, seed)()
 
 
 def abstract_state(

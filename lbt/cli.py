@@ -28,6 +28,8 @@ SUBCOMMANDS = {
     "train": "train a model (default: the embedded digits config)",
     "plan": "print the phases, steps and noise scale of a config's Plan (lbt.tools.plan_report)",
     "reproduce": "run the decay-LR vs increase-batch reproduction suite (lbt.tools.reproduce)",
+    "lr-range-test": "LR range test (Smith 2017): loss vs a rising LR, CLR/1cycle bounds (lbt.tools.lr_range)",
+    "sweep": "batch size x LR grid at a constant epoch or step budget (lbt.tools.sweep)",
 }
 
 
@@ -189,6 +191,14 @@ def _dispatch(cmd: str, argv: Sequence[str]) -> int:
         from lbt.tools.reproduce import main as reproduce_main
 
         return reproduce_main(list(argv))
+    if cmd == "lr-range-test":
+        from lbt.tools.lr_range import main as lr_range_main
+
+        return lr_range_main(list(argv))
+    if cmd == "sweep":
+        from lbt.tools.sweep import main as sweep_main
+
+        return sweep_main(list(argv))
     raise AssertionError(cmd)
 
 

@@ -421,34 +421,34 @@ def _resolve_step(s: ml_collections.ConfigDict, N: int) -> tuple[int, ...]:
     return milestones
 
 
-def _check_cyclic(s: ml_collections.ConfigDict) -> None:
-    """CLR (Smith 2017): max_lr > base_lr, step_size (iterations) >= 1, exp_range's gamma."""
+def _check_bounds(s: ml_collections.ConfigDict, what: str, max_eg: str, step_size_means: str) -> None:
+    """max_lr > base_lr and step_size an int >= 1 (CLR and the range test share them)."""
     lrc = s.lr
     if not _num(lrc.max_lr) or lrc.max_lr <= s.base_lr:
         raise ConfigError(
-            "schedule.lr.max_lr", f"CLR needs max_lr > base_lr={s.base_lr}, got {lrc.max_lr!r}; e.g. {6 * s.base_lr:g}"
+            "schedule.lr.max_lr", f"{what} needs max_lr > base_lr={s.base_lr}, got {lrc.max_lr!r}; e.g. {max_eg}"
         )
     if not _int(lrc.step_size) or lrc.step_size < 1:
-        raise ConfigError(
-            "schedule.lr.step_size",
-            f"is the half-cycle in iterations and must be an int >= 1, got {lrc.step_size!r}; Smith 2017 suggests 2-10 epochs of iterations",
-        )
+        raise ConfigError("schedule.lr.step_size", f"is {step_size_means}, got {lrc.step_size!r}")
+
+
+def _check_cyclic(s: ml_collections.ConfigDict) -> None:
+    """CLR (Smith 2017): max_lr > base_lr, step_size (iterations) >= 1, exp_range's gamma."""
+    _check_bounds(
+        s,
+        "CLR",
+        f"{6 * s.base_lr:g}",
+        "the half-cycle in iterations and must be an int >= 1; Smith 2017 suggests 2-10 epochs of iterations",
+    )
+    lrc = s.lr
     if lrc.name == "exp_range" and (not _num(lrc.gamma) or not 0.0 < lrc.gamma <= 1.0):
         raise ConfigError("schedule.lr.gamma", f"must be in (0, 1], got {lrc.gamma!r}; e.g. 0.99994")
 
 
 def _check_range_test(s: ml_collections.ConfigDict) -> None:
     """LR range test (Smith 2017, section 3.3): base_lr < max_lr, step_size >= 1, range_mode."""
-    lrc = s.lr
-    if not _num(lrc.max_lr) or lrc.max_lr <= s.base_lr:
-        raise ConfigError(
-            "schedule.lr.max_lr", f"the range test needs max_lr > base_lr={s.base_lr}, got {lrc.max_lr!r}; e.g. 10.0"
-        )
-    if not _int(lrc.step_size) or lrc.step_size < 1:
-        raise ConfigError(
-            "schedule.lr.step_size", f"is the range test's length in iterations, an int >= 1, got {lrc.step_size!r}"
-        )
-    mode = lrc.get("range_mode", "linear")
+    _check_bounds(s, "the range test", "10.0", "the range test's length in iterations, an int >= 1")
+    mode = s.lr.get("range_mode", "linear")
     if mode not in lr_lib.RANGE_MODES:
         raise ConfigError(
             "schedule.lr.range_mode", f"unknown mode {mode!r}; choose one of {', '.join(lr_lib.RANGE_MODES)}"

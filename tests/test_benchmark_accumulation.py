@@ -1,4 +1,5 @@
-"""Smoke test of benchmarks/accumulation.py: one JSON line, every k, no compile after warm-up."""
+"""Smoke test of benchmarks/accumulation.py --quick: one JSON line, every cell, paired ratios, no
+compile after warm-up. Timing figures are only checked for sanity (positive), never for speed."""
 
 import json
 import subprocess
@@ -10,7 +11,7 @@ import pytest
 @pytest.mark.slow
 def test_accumulation_benchmark_prints_one_json_line(repo):
     out = subprocess.run(
-        [sys.executable, str(repo / "benchmarks" / "accumulation.py"), "--reps", "1", "--models", "digits_cnn"],
+        [sys.executable, str(repo / "benchmarks" / "accumulation.py"), "--quick"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -21,8 +22,18 @@ def test_accumulation_benchmark_prints_one_json_line(repo):
     assert len(lines) == 1
     d = json.loads(lines[0])
     assert d["benchmark"] == "accumulation" and d["machine"] and d["date"] and d["jax"]
-    assert [r["k"] for r in d["results"]] == [1, 2, 4, 8]
-    assert d["results"][0]["ratio_to_k1"] == 1.0
-    assert all(r["examples_per_s"] > 0 and r["bare_examples_per_s"] > 0 for r in d["results"])
-    # accum and apply compile once in the warm-up, for every k; nothing compiles in timed steps
-    assert d["lbt_compiles"]["digits_cnn"] == {"warmup": 2, "timed": 0}
+    assert d["lbt_step"] == "k-1 accum + final" and d["reductions"] == ["flat"]
+    reps = d["reps"]
+    lbt = [r for r in d["results"] if r["kind"] == "lbt"]
+    bare = [r for r in d["results"] if r["kind"] == "bare"]
+    assert [r["k"] for r in lbt] == [1, 2, 4, 8] and [r["k"] for r in bare] == [1, 2, 4, 8]
+    assert lbt[0]["ratio_to_k1"] == 1.0 and lbt[0]["ratio_to_k1_paired"] == [1.0] * reps
+    for r in lbt:
+        assert r["reduction"] == "flat" and r["examples_per_s"] > 0 and r["bare_examples_per_s"] > 0
+        assert r["steps_per_cell"] >= 1 and r["switch_ms_median"] > 0
+        assert len(r["ratio_to_bare_paired"]) == reps and all(x > 0 for x in r["ratio_to_bare_paired"])
+        assert r["ratio_to_bare_paired_median"] > 0 and r["ratio_to_k1_paired_median"] > 0
+    assert d["min_ratio_k8_to_k1"] == lbt[3]["ratio_to_k1_paired_median"] > 0
+    assert set(d["ratio_to_bare_paired_median"]["digits_cnn"]) == {"1", "2", "4", "8"}
+    # accum and final compile once in the warm-up, for every k; the bare step once per k; none timed
+    assert d["compiles"]["digits_cnn"] == {"flat": {"warmup": 2, "timed": 0}, "bare": {"warmup": 4, "timed": 0}}

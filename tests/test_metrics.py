@@ -220,3 +220,41 @@ def test_write_json_is_valid_json_and_atomic(tmp_path, monkeypatch):
         metrics_lib.write_json(path, {"other": 1})
     assert json.loads(path.read_text())["final_eval_accuracy"] == 0.5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
+
+
+# ---------------------------------------------------------------------------------------------
+# TensorBoard: one event per record, with every number of the record
+
+
+def _tb_scalars(tb_dir) -> list[tuple[int, dict[str, float]]]:
+    """(step, {tag: value}) for each summary event, read from the TFRecord files directly."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    out = []
+    for f in sorted(tb_dir.iterdir()):
+        data = f.read_bytes()
+        pos = 0
+        while pos < len(data):
+            (n,) = struct.unpack("<Q", data[pos : pos + 8])
+            event = Event.FromString(data[pos + 12 : pos + 12 + n])
+            pos += 12 + n + 4
+            if event.HasField("summary"):
+                out.append((event.step, {v.tag: v.simple_value for v in event.summary.value}))
+    return out
+
+
+def test_tensorboard_gets_each_records_numbers_as_one_event(tmp_path):
+    w = MetricsWriter(tmp_path)
+    w.write({"step": 1, "examples_seen": 32, "loss": 2.5, "lr": 0.1, "phase": "a", "ok": True}, tb_step=32)
+    w.write({"split": "test", "step": 1, "accuracy": 0.75}, tb_step=32, prefix="eval/")
+    w.write({"step": 2, "loss": 1.25}, tb_step=None)  # JSONL only
+    w.close()
+    events = _tb_scalars(tmp_path / "tb")
+    # strings, booleans and examples_seen (the TB step itself) are not scalars
+    assert events == [
+        (32, {"step": 1.0, "loss": 2.5, "lr": pytest.approx(0.1)}),
+        (32, {"eval/step": 1.0, "eval/accuracy": 0.75}),
+    ]
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 1, 2]

@@ -244,9 +244,21 @@ class MetricsWriter:
         rec = {k: _clean(v) for k, v in record.items()}
         self._append((json.dumps(rec) + "\n").encode())
         if self._tb is not None and tb_step is not None:
-            for k, v in rec.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("examples_seen",):
-                    self._tb.add_scalar(f"{prefix}{k}", v, tb_step)
+            self._write_tb(rec, tb_step, prefix)
+
+    def _write_tb(self, rec: dict[str, Any], step: int, prefix: str) -> None:
+        """All of a record's numbers as one TensorBoard ``Summary`` (one event), not one
+        ``add_scalar`` each: 0.36 ms instead of 2.8 ms for 16 scalars on the 2-core CI machine,
+        which kept the loop below 0.95x a bare loop (docs/benchmarks.md, loop overhead)."""
+        from tensorboardX.proto.summary_pb2 import Summary
+
+        values = [
+            Summary.Value(tag=f"{prefix}{k}", simple_value=float(v))
+            for k, v in rec.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "examples_seen"
+        ]
+        if values:
+            self._tb.file_writer.add_summary(Summary(value=values), step)
 
     def truncate_after(self, examples_seen: int) -> None:
         """Drop train/eval records past ``examples_seen`` (a resume or rollback regenerates them).

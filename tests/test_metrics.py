@@ -258,3 +258,31 @@ def test_tensorboard_gets_each_records_numbers_as_one_event(tmp_path):
         (32, {"eval/step": 1.0, "eval/accuracy": 0.75}),
     ]
     assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 1, 2]
+
+
+def test_periodic_flush_keeps_the_newest_step_pending(tmp_path):
+    """flush(keep=1) reads and writes every step but the one just dispatched (so the host never
+    waits for it); flush() writes the rest; a non-finite step drops the ones after it."""
+    import jax.numpy as jnp
+
+    from lbt.train.metrics import PendingMetrics
+
+    w = MetricsWriter(tmp_path, tensorboard=False)
+    pending = PendingMetrics(w, lookahead=0, on_read=lambda: {"examples_per_s": 1.0})
+
+    def dev(loss, finite=True):
+        return {"loss": jnp.float32(loss), "grad_norm": jnp.float32(2 * loss), "finite": jnp.bool_(finite)}
+
+    for s in (1, 2, 3):
+        pending.add({"step": s, "examples_seen": 32 * s, "global_batch": 32, "lr": 0.1}, dev(s / 4))
+    assert pending.flush(keep=1) is None
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2] and len(pending) == 1
+    pending.add({"step": 4, "examples_seen": 128, "global_batch": 32, "lr": 0.1}, dev(np.nan, finite=False))
+    pending.add({"step": 5, "examples_seen": 160, "global_batch": 32, "lr": 0.1}, dev(1.0))
+    bad = pending.flush(keep=0)
+    assert bad["step"] == 4 and bad["skipped_nonfinite"] and len(pending) == 0
+    records = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert records[2]["loss"] == 0.75 and records[2]["grad_norm"] == 1.5 and records[2]["examples_per_s"] == 1.0
+    assert pending.flush(keep=1) is None and len(pending) == 0  # nothing pending: a no-op
+    w.close()

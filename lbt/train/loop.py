@@ -153,13 +153,14 @@ class Trainer:
                 io.clock.step(point.global_batch, compiled)
                 sync = rs.step % self.config.train.log_every_steps == 0 or rs.examples_seen >= total
                 eval_due = io.evals.due(rs.examples_seen, total)
-                if (
-                    sync
-                    or eval_due
+                full = (
+                    eval_due
+                    or rs.examples_seen >= total
                     or io.saves.interval_due(rs.examples_seen, total)
                     or self.faults.pause_at is not None
-                ):
-                    if self._flush(rs, io):  # rolled back: go on from the restored step
+                )
+                if sync or full:
+                    if self._flush(rs, io, keep=0 if full else 1):  # rolled back: go on from the restored step
                         self._checkpoint_hook(rs, io, sync=True)  # SIGTERM is honoured here too
                         continue
                     self.faults.maybe_pause(rs.step, stop=lambda: io.preempt.requested)
@@ -242,9 +243,10 @@ class Trainer:
         io.batches.close()
         io.batches = self._device_batches(rs.examples_seen)
 
-    def _flush(self, rs: RunState, io: _Io) -> bool:
-        """Write pending records and apply the non-finite policy; True if the run rolled back."""
-        bad = io.pending.flush(self._train_extra())
+    def _flush(self, rs: RunState, io: _Io, keep: int = 0) -> bool:
+        """Write pending records (all but the newest ``keep``) and apply the non-finite policy;
+        True if the run rolled back."""
+        bad = io.pending.flush(self._train_extra(), keep=keep)
         if bad is None:
             return False
         if self.config.train.on_nonfinite == "stop":
@@ -332,6 +334,8 @@ class Trainer:
             )
             raise Preempted(rs.step, rs.examples_seen)
         if decision.save:
+            if len(io.pending) and self._flush(rs, io):  # a save by the clock: every record first
+                return  # rolled back: nothing to save
             io.ckpt.save(rs.step, rs.train_state, self._meta(rs))
             io.saves.saved(rs.examples_seen)
             io.clock.skip()

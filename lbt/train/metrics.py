@@ -343,15 +343,24 @@ class PendingMetrics:
             # lookahead keeps the devices busy.
             jax.block_until_ready(self._items[-1 - self.lookahead][1]["loss"])
 
-    def flush(self, extra: dict[str, Any] | None = None) -> dict[str, Any] | None:
-        """Write the pending records (with ``extra`` fields); return the first non-finite one."""
+    def flush(self, extra: dict[str, Any] | None = None, keep: int = 0) -> dict[str, Any] | None:
+        """Write the pending records (with ``extra`` fields); return the first non-finite one.
+
+        ``keep``: leave the newest ``keep`` steps pending. The loop's periodic flush keeps the
+        step just dispatched, so reading the others never waits for it and the devices stay busy
+        while the host writes (a full flush drained the queue every ``log_every_steps`` steps:
+        about 10% of the digits CNN's throughput at B = 64). Before eval, a save or the end,
+        everything is flushed (``keep=0``).
+        """
         from lbt.parallel.mesh import host_values
 
         bad = None
-        values = host_values([dev for _, dev in self._items])  # one transfer for all pending steps
-        if self._items and self.on_read is not None:
+        n = max(0, len(self._items) - keep)
+        items, self._items = self._items[:n], self._items[n:]
+        values = host_values([dev for _, dev in items])  # one transfer for all read steps
+        if items and self.on_read is not None:
             extra = {**(extra or {}), **self.on_read()}
-        for (rec, _), dev in zip(self._items, values):
+        for (rec, _), dev in zip(items, values):
             rec.update(loss=float(dev["loss"]), grad_norm=float(dev["grad_norm"]))
             rec["skipped_nonfinite"] = not bool(dev["finite"])
             rec.update(extra or {})
@@ -359,10 +368,11 @@ class PendingMetrics:
             if rec["skipped_nonfinite"]:
                 bad = rec
                 break
-        if self._items and self.progress is not None:
-            last = bad or self._items[-1][0]
+        if items and self.progress is not None:
+            last = bad or items[-1][0]
             self.progress.set_postfix(loss=f"{last['loss']:.4f}", B=last["global_batch"], lr=f"{last['lr']:.4g}")
-        self._items.clear()
+        if bad is not None:
+            self._items.clear()  # the steps after a non-finite one are dropped: a rollback or stop follows
         return bad
 
 

@@ -9,7 +9,8 @@ tfds ``imagenet2012``-shaped ``array_record`` dataset by
 * **lbt**: the real training path, ``load_splits(config)`` (``dataset.name=imagenet2012``, the
   recipe's 224 crop) and ``TrainStream.local_microbatch`` (order, array_record read, tf.Example
   parse, row-limited JPEG decode, random resized crop, flip; uint8 out, normalised on the device),
-  with ``dataset.decode_workers`` = 1 and 2 worker processes.
+  with ``dataset.decode_workers`` = 1 and 2 worker processes and ``dataset.decoder`` = ``--decoder``
+  (default ``auto``: ``turbo``, i.e. simplejpeg + OpenCV, where ``lbt[jpeg]`` is installed).
 * **tf.data anchor** (needs TensorFlow: ``pip install 'lbt[prepare]'``): Flax's ImageNet
   ``preprocess_for_train``, i.e. ``tf.image.sample_distorted_bounding_box`` (area 8-100%, ratio
   3/4-4/3, 10 attempts) + ``tf.image.decode_and_crop_jpeg`` (only the crop window is decoded),
@@ -18,7 +19,8 @@ tfds ``imagenet2012``-shaped ``array_record`` dataset by
   read or parse: in the anchor's favour). Normalisation is left out on both sides (lbt does it on
   the device).
 * **kernels**: one image at a time in this process, no pipeline: PIL full decode + crop (lbt's
-  previous path) and lbt's row-limited decode + crop.
+  first path), PIL row-limited decode + crop (``decoder=pil``) and lbt's crop with the decoder
+  the run uses (``lbt_row_limited_crop``).
 
 Per core = images per CPU second: the CPU time of this process (all its threads) plus that of the
 decode workers, so other jobs on a shared host inflate it far less than wall-clock rates. The
@@ -28,7 +30,7 @@ median. ``scaling_efficiency`` = wall images/s with 2 workers / (2 x with 1).
 TensorFlow, with ``tfdata.skipped`` saying why). ``host_projection`` is per core x N x the
 measured efficiency, for a few core counts N. Prints one JSON line.
 
-    python benchmarks/imagenet_input.py [--quick] [--no-anchor]
+    python benchmarks/imagenet_input.py [--quick] [--no-anchor] [--decoder auto|turbo|pil]
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ WORKER_COUNTS = (1, 2)
 PROJECT_CORES = (8, 32, 96)
 
 
-def _config(data_dir: str, workers: int):
+def _config(data_dir: str, workers: int, decoder: str = "auto"):
     from lbt.config import base_config
 
     c = base_config()
@@ -61,6 +63,7 @@ def _config(data_dir: str, workers: int):
     c.dataset.data_dir = data_dir
     c.dataset.image_size = CROP
     c.dataset.decode_workers = workers
+    c.dataset.decoder = decoder
     c.train.global_microbatch = MICROBATCH
     return c
 
@@ -68,11 +71,11 @@ def _config(data_dir: str, workers: int):
 class LbtCase:
     """TrainStream over the real imagenet2012 path with ``workers`` decode processes."""
 
-    def __init__(self, data_dir: str, workers: int, microbatch: int):
+    def __init__(self, data_dir: str, workers: int, microbatch: int, decoder: str):
         from lbt.data.pipeline import TrainStream
         from lbt.data.registry import load_splits
 
-        config = _config(data_dir, workers)
+        config = _config(data_dir, workers, decoder)
         self.source = load_splits(config).train
         self.stream = TrainStream(self.source, config.seed, microbatch, raw=True)
         self.microbatch = microbatch
@@ -186,10 +189,14 @@ def _full_decode_crop(jpeg: bytes, position: int):
     return pp.imagenet_train_u8(decode_image(jpeg), pp.example_rng(0, position), CROP)
 
 
-def _lbt_crop(jpeg: bytes, position: int):
+def _crop_with(decoder: str):
+    """lbt's crop of one JPEG with ``decoder`` ("pil" or "turbo")."""
     from lbt.data import preprocess as pp
 
-    return pp.imagenet_train_u8_jpeg(jpeg, pp.example_rng(0, position), CROP)
+    def crop(jpeg: bytes, position: int):
+        return pp.imagenet_train_u8_jpeg(jpeg, pp.example_rng(0, position), CROP, decoder)
+
+    return crop
 
 
 def _tf_status(disabled: bool) -> tuple[bool, str | None, str | None]:
@@ -217,6 +224,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=None, help="synthetic JPEGs in the dataset (default 256, quick 32)")
     ap.add_argument("--batches", type=int, default=None, help="microbatches per measurement (default 6, quick 1)")
     ap.add_argument("--reps", type=int, default=None, help="interleaved repetitions (default 5, quick 1)")
+    ap.add_argument("--decoder", default="auto", help="dataset.decoder of the lbt cases: auto | turbo | pil")
     args = ap.parse_args()
     import logging
 
@@ -228,19 +236,24 @@ def main() -> None:
     tf_ok, tf_version, tf_skipped = _tf_status(args.no_anchor)
     load0 = os.getloadavg()
 
+    from lbt.data import turbo
     from lbt.data.tfds_sources import available_cores, shutdown_decode_workers
     from lbt.testing.fake_tfds import IMAGENET_SHAPE, write_fake_imagenet2012
+
+    decoder = turbo.resolve(args.decoder)
 
     with tempfile.TemporaryDirectory() as tmp:
         print(f"[imagenet_input] writing {n_images} synthetic JPEGs", file=sys.stderr, flush=True)
         with contextlib.redirect_stdout(sys.stderr):  # tfds prints its progress: keep stdout one JSON line
             data_dir = write_fake_imagenet2012(Path(tmp) / "tfds", n_images, 2)
         jpegs = _jpegs(data_dir)
-        cases: dict[str, object] = {f"lbt_w{w}": LbtCase(data_dir, w, microbatch) for w in WORKER_COUNTS}
+        cases: dict[str, object] = {f"lbt_w{w}": LbtCase(data_dir, w, microbatch, decoder) for w in WORKER_COUNTS}
         if tf_ok:
             cases.update({f"tfdata_w{w}": TfCase(jpegs, w, microbatch) for w in WORKER_COUNTS})
         cases["kernel_pil_full_decode"] = KernelCase(jpegs, _full_decode_crop)
-        cases["kernel_lbt_row_limited"] = KernelCase(jpegs, _lbt_crop)
+        cases["kernel_pil_row_limited"] = KernelCase(jpegs, _crop_with("pil"))
+        if decoder != "pil":
+            cases["kernel_lbt_row_limited"] = KernelCase(jpegs, _crop_with(decoder))
         print(f"[imagenet_input] warming {len(cases)} cases", file=sys.stderr, flush=True)
         for case in cases.values():
             case.warm()
@@ -286,6 +299,8 @@ def main() -> None:
         "microbatch": microbatch,
         "batches_per_measurement": batches,
         "reps": reps,
+        "decoder": decoder,
+        "decoder_libraries": turbo.versions() if decoder == "turbo" else {},
         "lbt": lbt,
         "tfdata": tfd if tfd else {"skipped": tf_skipped},
         "tf_version": tf_version,
@@ -300,7 +315,10 @@ def main() -> None:
         ),
         "kernels_per_core": {
             "pil_full_decode_crop": res["kernel_pil_full_decode"]["images_per_cpu_s"],
-            "lbt_row_limited_crop": res["kernel_lbt_row_limited"]["images_per_cpu_s"],
+            "pil_row_limited_crop": res["kernel_pil_row_limited"]["images_per_cpu_s"],
+            "lbt_row_limited_crop": res.get("kernel_lbt_row_limited", res["kernel_pil_row_limited"])[
+                "images_per_cpu_s"
+            ],
         },
         "host_projection": {
             "formula": "lbt per_core x N x min(1, scaling_efficiency)",

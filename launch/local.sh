@@ -72,15 +72,15 @@ done
 
 STATUS=0
 remaining=$NPROC
-declare -A DONE=()
+FINISHED=()  # FINISHED[i]=1 once process i has been reaped
 while ((remaining > 0)); do
   for i in "${!PIDS[@]}"; do
-    [[ -n ${DONE[$i]:-} ]] && continue
+    [[ -n ${FINISHED[i]:-} ]] && continue
     pid=${PIDS[$i]}
     if ! kill -0 "$pid" 2>/dev/null; then
       rc=0
       wait "$pid" || rc=$?
-      DONE[$i]=1
+      FINISHED[i]=1
       remaining=$((remaining - 1))
       if ((rc != 0)); then
         echo "[local.sh] process $i exited with status $rc; stopping the others" >&2

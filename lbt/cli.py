@@ -17,27 +17,40 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from lbt import runtime
+from lbt import runtime, storage
 from lbt.errors import CheckpointError, ConfigError, TrainingError
 
 EXIT_CONFIG = 2
 EXIT_TRAINING = 3
 EXIT_PREEMPTED = 143  # SIGTERM honoured: checkpoint saved; rerun the same command to resume
+EXIT_BROKEN_PIPE = 141  # stdout closed by its reader (128 + SIGPIPE, as a shell reports it)
 
 SUBCOMMANDS = {
     "train": "train a model (default: the embedded digits config)",
+    "eval": "evaluate a checkpoint of a run on a split; writes WORKDIR/eval_step<S>_<split>.json",
     "plan": "print the phases, steps and noise scale of a config's Plan (lbt.tools.plan_report)",
     "reproduce": "run the decay-LR vs increase-batch reproduction suite (lbt.tools.reproduce)",
     "lr-range-test": "LR range test (Smith 2017): loss vs a rising LR, CLR/1cycle bounds (lbt.tools.lr_range)",
     "sweep": "batch size x LR grid at a constant epoch or step budget (lbt.tools.sweep)",
+    "noise-scale": "measure the gradient noise scale B_simple (McCandlish et al. 2018) (lbt.tools.noise_scale)",
 }
 
 
 def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    rest, overrides = [], []
-    for a in argv:
-        (overrides if a.startswith("--config.") else rest).append(a)
-    return rest, overrides
+    """``--config.a.b=value`` and ``--config.a.b value`` overrides apart from the flags."""
+    from lbt.config import split_overrides
+
+    return split_overrides(argv)
+
+
+DEFAULT_WORKDIR = "runs/default"
+_TRAIN_EPILOG = f"""config fields:
+  --config.a.b=value    set any field of the config (also as two arguments: --config.a.b value),
+                        e.g. --config.schedule.epochs=10 --config.model.ghost_batch_size 8;
+                        --print_config shows every field. A bad field or value fails before JAX starts.
+
+defaults: --workdir {DEFAULT_WORKDIR}; on a CPU-only machine {runtime.DEFAULT_CPU_DEVICES} simulated CPU devices.
+Install jax for an accelerator with pip install 'lbt[cuda12]' or 'lbt[tpu]' (README, "Install")."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,15 +65,26 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _train_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="lbt train", allow_abbrev=False, description="Train with a growing batch.")
+    p = _Parser(
+        prog="lbt train",
+        allow_abbrev=False,
+        description="Train with a growing batch.",
+        usage="lbt train [--config FILE] [--workdir DIR] [--config.a.b=value ...] [flags]",
+        epilog=_TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", default=None, help="config file configs/<name>.py (default: embedded digits)")
-    p.add_argument("--workdir", default="runs/default", help="output directory (metrics, TensorBoard, checkpoints)")
+    p.add_argument(
+        "--workdir",
+        default=DEFAULT_WORKDIR,
+        help=f"output directory: metrics, TensorBoard, checkpoints (default: {DEFAULT_WORKDIR})",
+    )
     p.add_argument(
         "--num_cpu_devices",
         type=int,
         default=None,
         help=f"simulated CPU devices, >= 1 (default {runtime.DEFAULT_CPU_DEVICES} or $LBT_NUM_CPU_DEVICES); "
-        "only applies when the backend is CPU, ignored on GPU/TPU",
+        "only applies when the backend is CPU (a CPU-only jax, or JAX_PLATFORMS=cpu), ignored on GPU/TPU",
     )
     p.add_argument(
         "--compile_cache_dir",
@@ -99,6 +123,9 @@ def check_workdir(workdir: str) -> None:
     below a file, or cannot be written (read-only, no permission, ...). Runs before JAX starts; it
     never removes or changes anything that was there.
     """
+    if storage.is_remote(workdir):
+        _check_remote_workdir(workdir)
+        return
     fix = "pass --workdir a directory you can write to (it is created if missing)"
     path = Path(workdir)
     if path.exists() and not path.is_dir():
@@ -122,6 +149,26 @@ def check_workdir(workdir: str) -> None:
     os.unlink(probe)
 
 
+def _check_remote_workdir(workdir: str) -> None:
+    """:func:`check_workdir` for a URL workdir (``gs://...``): its scheme is supported, and an
+    object can be written and deleted there (through ``etils.epath``)."""
+    storage.check_scheme(workdir)
+    path = storage.as_path(workdir)
+    import socket
+
+    probe = path / f".lbt-write-probe-{socket.gethostname()}-{os.getpid()}"  # one per process of a job
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except Exception as e:  # noqa: BLE001 - tf.io.gfile / fsspec raise their own types
+        cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise runtime.SetupError(
+            f"--workdir {workdir!r}: cannot write there ({cause}); check the bucket name and the credentials "
+            "(e.g. gcloud auth application-default login), or use a local path"
+        ) from None
+
+
 def cmd_train(argv: Sequence[str]) -> int:
     rest, overrides = _split_overrides(argv)
     parser = _train_parser()
@@ -140,19 +187,14 @@ def cmd_train(argv: Sequence[str]) -> int:
     )
     from lbt import config as config_lib
 
-    if "://" in args.workdir:
-        print(
-            f"lbt: error: --workdir {args.workdir!r}: URLs are not supported; the workdir must be a path every "
-            "process can see. Mount a bucket with Cloud Storage FUSE (e.g. --workdir /gcs/<bucket>/run) or use a "
-            "shared filesystem (docs/launching.md).",
-            file=sys.stderr,
-        )
-        return EXIT_CONFIG
+    storage.check_scheme(args.workdir)  # gs://, s3://, az:// or a local path (docs/checkpointing.md)
     config = config_lib.load_config(args.config, overrides)  # fails fast, before JAX starts
     if args.print_config:
         print(config_lib.to_json(config))
         return 0
     check_workdir(args.workdir)  # before JAX starts
+    host, plugins = runtime.probe_host(), runtime.jax_plugins()
+    warnings = [w for w in [runtime.check_accelerators(host, plugins)] if w]  # a TPU without libtpu: error
     runtime.setup(num_cpu_devices, compile_cache_dir=args.compile_cache_dir)
     from lbt.parallel import distributed
 
@@ -161,11 +203,16 @@ def cmd_train(argv: Sequence[str]) -> int:
         coordinator_address=args.coordinator_address,
         num_processes=args.num_processes,
         process_id=args.process_id,
+        tpu_chips=0 if runtime.cpu_requested() else host.tpu_chips,
     )
     distributed.initialize(
         spec, initialization_timeout_s=initialization_timeout_s, heartbeat_timeout_s=heartbeat_timeout_s
     )
-    logging.getLogger("lbt").info("%s", distributed.describe())
+    log = logging.getLogger("lbt")
+    log.info("%s", distributed.describe())
+    warnings += _backend_warnings(args.num_cpu_devices, host, plugins)
+    for w in warnings:
+        log.warning("%s", w)
     from lbt.train.faults import Faults
     from lbt.train.loop import Preempted, train
 
@@ -175,14 +222,67 @@ def cmd_train(argv: Sequence[str]) -> int:
     except Preempted as e:
         print(f"lbt: {e}; rerun the same command to resume", file=sys.stderr)
         return EXIT_PREEMPTED
+    for w in warnings:  # again at the end, where a finished run's output is read
+        log.warning("%s", w)
     if distributed.is_primary():
         print(json.dumps(summary, allow_nan=False))  # NaN/Inf are null in the summary
+    return 0
+
+
+def _backend_warnings(num_cpu_devices: int | None, host: runtime.Host, plugins: dict[str, bool]) -> list[str]:
+    """Once JAX started: it fell back to CPU although an accelerator is usable, or an explicit
+    ``--num_cpu_devices`` that a GPU/TPU backend ignores."""
+    import jax
+
+    backend = jax.default_backend()
+    out = [w for w in [runtime.check_backend(backend, host, plugins)] if w]
+    if num_cpu_devices is not None and backend != "cpu":
+        out.append(f"--num_cpu_devices {num_cpu_devices} is ignored: the backend is {backend}, not CPU")
+    return out
+
+
+def _eval_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="lbt eval",
+        allow_abbrev=False,
+        description="Evaluate a checkpoint of a run on a split, with the run's config, on this machine's devices "
+        "(any count); writes WORKDIR/eval_step<S>_<split>.json and prints it as one JSON line.",
+    )
+    p.add_argument("--workdir", required=True, help="the run's workdir (a path, or gs://...)")
+    p.add_argument("--step", type=int, default=None, help="the checkpoint's step (default: the newest good one)")
+    p.add_argument("--split", default="test", choices=("test", "train"), help="the split (default: test)")
+    p.add_argument(
+        "--num_cpu_devices",
+        type=int,
+        default=None,
+        help=f"simulated CPU devices (default {runtime.DEFAULT_CPU_DEVICES} or $LBT_NUM_CPU_DEVICES); CPU only",
+    )
+    p.add_argument("--compile_cache_dir", default=None, help="JAX's persistent compilation cache ('' = off)")
+    return p
+
+
+def cmd_eval(argv: Sequence[str]) -> int:
+    """``lbt eval``: the workdir and step are checked before JAX starts (one line, exit 2)."""
+    args = _eval_parser().parse_args(list(argv))
+    num_cpu_devices = runtime.cpu_device_count(args.num_cpu_devices)
+    storage.check_scheme(args.workdir)
+    from lbt.train.workdir import check_checkpoint
+
+    check_checkpoint(args.workdir, args.step)
+    runtime.setup(num_cpu_devices, compile_cache_dir=args.compile_cache_dir)
+    from lbt.train.metrics import json_safe
+    from lbt.train.trained import evaluate_checkpoint
+
+    record = evaluate_checkpoint(args.workdir, args.step, args.split)
+    print(json.dumps(json_safe(record), allow_nan=False))
     return 0
 
 
 def _dispatch(cmd: str, argv: Sequence[str]) -> int:
     if cmd == "train":
         return cmd_train(argv)
+    if cmd == "eval":
+        return cmd_eval(argv)
     if cmd == "plan":
         from lbt.tools.plan_report import main as plan_main
 
@@ -199,6 +299,10 @@ def _dispatch(cmd: str, argv: Sequence[str]) -> int:
         from lbt.tools.sweep import main as sweep_main
 
         return sweep_main(list(argv))
+    if cmd == "noise-scale":
+        from lbt.tools.noise_scale import main as noise_scale_main
+
+        return noise_scale_main(list(argv))
     raise AssertionError(cmd)
 
 
@@ -207,8 +311,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="lbt: %(message)s", stream=sys.stderr)
     for noisy in ("absl", "jax._src", "orbax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if argv and argv[0] in ("-V", "--version"):
+        from lbt import __version__
+
+        print(f"lbt {__version__}")
+        return 0
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: lbt <command> [options]\n\ncommands:")
+        print("usage: lbt <command> [options]    (lbt <command> --help; lbt --version)\n\ncommands:")
         for name, text in SUBCOMMANDS.items():
             print(f"  {name:<16}{text}")
         if argv:
@@ -223,7 +332,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lbt: error: unknown command {cmd!r}; choose one of {', '.join(SUBCOMMANDS)}", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        return _dispatch(cmd, rest)
+        rc = _dispatch(cmd, rest)
+        sys.stdout.flush()  # here, so that a closed pipe is caught below, not at interpreter exit
+        return rc
+    except BrokenPipeError:  # e.g. `lbt train --print_config | head`: the reader has gone
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout at exit
+        return EXIT_BROKEN_PIPE
     except (ConfigError, runtime.SetupError) as e:
         print(f"lbt: error: {e}", file=sys.stderr)
         return EXIT_CONFIG

@@ -56,6 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset.on_corrupt = "error"  # error | skip: what to do with an undecodable example
     c.dataset.augment = True  # random crop/flip where the dataset defines one
     c.dataset.decode_workers = 0  # cifar10 / imagenet2012: decode processes (0 = auto: one per core for ImageNet)
+    c.dataset.decoder = "auto"  # imagenet2012 training crops: auto | turbo (lbt[jpeg]) | pil (docs/data.md)
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "cnn"  # cnn | resnet18 | resnet50 | wrn16_4 | inception_resnet_v2
@@ -78,7 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.global_microbatch = 64  # M, fixed for the run; B = k * M
     c.train.label_smoothing = 0.0
     c.train.eval_every_epochs = 5.0  # 0 = only at the end
-    c.train.log_every_steps = 10
+    c.train.log_every_steps = 10  # metrics read from the devices, and a TensorBoard point, every N steps
     c.train.on_nonfinite = "stop"  # stop | rollback
     c.train.max_rollbacks = 3  # rollback: stop with an error after this many rollbacks in one run
     c.train.max_skipped_fraction = 0.05  # rollback: ... or once this fraction of the run's examples is skipped
@@ -89,6 +90,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.device_prefetch = 2  # microbatches transferred to the devices ahead of use
     c.train.peak_flops = 0.0  # FLOP/s of one device for MFU; 0 = the table in lbt/train/perf.py
     c.train.profile_steps = ()  # (start, count): jax.profiler trace of those steps to WORKDIR/profile
+    # gradient noise scale B_simple (McCandlish et al. 2018) measured in every step's one reduction
+    c.train.measure_noise_scale = True
+    c.train.noise_scale_ema = 0.99  # EMA factor of the |G|^2 and tr(Σ) estimates (bias-corrected)
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_epochs = 0.0  # 0 = off (any of the three may trigger)
@@ -222,6 +226,26 @@ def _parse_value(text: str, current: Any, field: str) -> Any:
     return value
 
 
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``(other arguments, overrides)`` of a command line. An override is ``--config.a.b=value`` or,
+    as two arguments, ``--config.a.b value`` (joined here; a next argument starting with ``--`` is
+    not a value, so ``--config.a.b`` alone is reported by :func:`apply_override`)."""
+    rest, overrides = [], []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if not a.startswith("--config."):
+            rest.append(a)
+        elif "=" not in a and i + 1 < len(args) and not args[i + 1].startswith("--"):
+            overrides.append(f"{a}={args[i + 1]}")
+            i += 1
+        else:
+            overrides.append(a)
+        i += 1
+    return rest, overrides
+
+
 def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
     """Apply one ``--config.a.b=value`` override in place."""
     text = item[2:] if item.startswith("--") else item
@@ -290,6 +314,10 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_train: 
         raise ConfigError(
             "dataset.name", f"unknown dataset {config.dataset.name!r}; choose one of {', '.join(DATASETS)}"
         )
+    if config.dataset.decoder not in ("auto", "turbo", "pil"):
+        raise ConfigError(
+            "dataset.decoder", f"unknown decoder {config.dataset.decoder!r}; choose one of auto, turbo, pil"
+        )
     if config.dataset.decode_workers < 0:
         raise ConfigError(
             "dataset.decode_workers",
@@ -348,7 +376,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_train: 
 
 
 def _check_loop_fields(config: ml_collections.ConfigDict) -> None:
-    """The fields of how the loop runs (reduction layout, dispatch, prefetch, MFU, profiling)."""
+    """The fields of how the loop runs (reduction layout, dispatch, prefetch, MFU, profiling, the
+    noise-scale measurement)."""
     if config.train.grad_reduction not in GRAD_REDUCTIONS:
         raise ConfigError(
             "train.grad_reduction", f"unknown layout {config.train.grad_reduction!r}; choose auto, flat or per_leaf"
@@ -361,6 +390,15 @@ def _check_loop_fields(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("train.device_prefetch", f"must be >= 0, got {config.train.device_prefetch}; e.g. 2")
     if config.train.peak_flops < 0:
         raise ConfigError("train.peak_flops", f"must be >= 0 (0 = the built-in table), got {config.train.peak_flops}")
+    beta = config.train.noise_scale_ema
+    if not (isinstance(beta, (int, float)) and 0.0 <= beta < 1.0):
+        raise ConfigError("train.noise_scale_ema", f"must be in [0, 1), got {beta!r}; e.g. 0.99")
+    factor = config.schedule.batch.regime_factor
+    if not (isinstance(factor, (int, float)) and factor >= 0 and factor != float("inf")):
+        raise ConfigError(
+            "schedule.batch.regime_factor",
+            f"must be a finite number >= 0 (0 = no regime warning), got {factor!r}; e.g. 1.0",
+        )
     ps = tuple(config.train.profile_steps)
     if ps and (len(ps) != 2 or not all(isinstance(v, int) and v >= 1 for v in ps)):
         raise ConfigError(
@@ -405,3 +443,31 @@ def config_hash(config: ml_collections.ConfigDict) -> str:
 
 def to_json(config: ml_collections.ConfigDict) -> str:
     return json.dumps(config.to_dict(), sort_keys=True, indent=2, default=str)
+
+
+def from_json(stored: str | dict) -> ml_collections.ConfigDict:
+    """The config of a run from its JSON form (``config.json``, or a checkpoint's ``meta["config"]``).
+
+    :func:`base_config` with every stored value set (lists become tuples where the schema has a
+    tuple), so ``to_json(from_json(to_json(c))) == to_json(c)``. Fields the stored config lacks
+    (saved by an older lbt) keep their defaults; a field the schema lacks raises :class:`ConfigError`.
+    """
+    config = base_config()
+    _assign(config, json.loads(stored) if isinstance(stored, str) else stored, "")
+    return config
+
+
+def _assign(node: ml_collections.ConfigDict, values: dict, prefix: str) -> None:
+    for key, value in values.items():
+        field = f"{prefix}{key}"
+        if key not in node:
+            raise ConfigError(field, _unknown(node, key))
+        if isinstance(node[key], ml_collections.ConfigDict):
+            if not isinstance(value, dict):
+                raise ConfigError(field, "is a section in this lbt, but a value in the stored config")
+            _assign(node[key], value, field + ".")
+            continue
+        if isinstance(node[key], tuple) and isinstance(value, list):
+            value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        with node.unlocked():
+            node[key] = value

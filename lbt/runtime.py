@@ -8,8 +8,10 @@ and the test suite all call :func:`setup` (or :func:`cpu_xla_flags` alone) inste
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
+from pathlib import Path
 
 #: The default number of simulated CPU devices of ``lbt train`` (``$LBT_NUM_CPU_DEVICES`` overrides).
 DEFAULT_CPU_DEVICES = 8
@@ -134,3 +136,103 @@ def setup(
     if cache:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache))
     return n
+
+
+# ---------------------------------------------------------------------------------------------
+# Accelerators on this host, and whether the installed jax can use them
+
+#: PCI vendor of Google TPU chips and the device ids of each generation (as jax._src.hardware_utils).
+_GOOGLE_PCI_VENDOR = "0x1ae0"
+_TPU_PCI_DEVICES = {"0x0027": "v3", "0x005e": "v4", "0x0062": "v5p", "0x0063": "v5e", "0x006f": "v6e", "0x0076": "7x"}
+_NVIDIA_PCI_VENDOR = "0x10de"
+_PCI_DISPLAY_CLASSES = ("0x0300", "0x0302")  # VGA and 3D controllers (not NVSwitch bridges)
+
+
+@dataclasses.dataclass(frozen=True)
+class Host:
+    """Accelerators attached to this machine, seen without starting JAX (:func:`probe_host`)."""
+
+    nvidia_gpus: int = 0
+    tpu_chips: int = 0
+    tpu_version: str | None = None
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+def probe_host(root: str | Path = "/") -> Host:
+    """Counts NVIDIA GPUs and TPU chips on the PCI bus (``/sys/bus/pci/devices``) and NVIDIA device
+    nodes (``/dev/nvidia<N>``, what a container sees). Reads only files; ``root`` is for tests."""
+    root = Path(root)
+    gpus = tpus = 0
+    version = None
+    for dev in sorted((root / "sys/bus/pci/devices").glob("*")):
+        vendor = _read(dev / "vendor")
+        if vendor == _GOOGLE_PCI_VENDOR and _read(dev / "device") in _TPU_PCI_DEVICES:
+            tpus += 1
+            version = _TPU_PCI_DEVICES[_read(dev / "device")]
+        elif vendor == _NVIDIA_PCI_VENDOR and _read(dev / "class").startswith(_PCI_DISPLAY_CLASSES):
+            gpus += 1
+    nodes = [p for p in (root / "dev").glob("nvidia*") if p.name[len("nvidia") :].isdigit()]
+    return Host(max(gpus, len(nodes)), tpus, version)
+
+
+def jax_plugins() -> dict[str, bool]:
+    """Whether the installed jax has CUDA (``jax[cuda12]``/``jax[cuda13]``) and TPU (``libtpu``)
+    support; looks the packages up without importing them."""
+    from importlib.util import find_spec
+
+    return {
+        "cuda": any(find_spec(name) is not None for name in ("jax_cuda12_plugin", "jax_cuda13_plugin")),
+        "tpu": find_spec("libtpu") is not None,
+    }
+
+
+def cpu_requested(environ: Mapping[str, str] = os.environ) -> bool:
+    """``JAX_PLATFORMS`` asks for the CPU backend only (``cpu``): the user chose CPU on purpose."""
+    return [p.strip() for p in environ.get("JAX_PLATFORMS", "").split(",") if p.strip()] == ["cpu"]
+
+
+def check_accelerators(host: Host, plugins: Mapping[str, bool], environ: Mapping[str, str] = os.environ) -> str | None:
+    """Before JAX starts: an accelerator the installed jax cannot use.
+
+    TPU chips without ``libtpu`` raise :class:`SetupError`: JAX's TPU cluster detection needs
+    libtpu, so lbt could not even tell a single TPU VM from one host of a multi-host slice (whose
+    hosts would each train alone). NVIDIA GPUs without a CUDA plugin return a warning line (the
+    run goes on, on simulated CPU devices). Nothing with ``JAX_PLATFORMS=cpu``, a deliberate choice.
+    """
+    if cpu_requested(environ):
+        return None
+    if host.tpu_chips and not plugins.get("tpu"):
+        raise SetupError(
+            f"TPU: this host has {host.tpu_chips} TPU {host.tpu_version or ''} chips but the installed jax has no TPU "
+            "support (no libtpu), so lbt would train on simulated CPU devices; pip install 'lbt[tpu]' "
+            "(or set JAX_PLATFORMS=cpu to train on the CPU anyway)"
+        )
+    if host.nvidia_gpus and not plugins.get("cuda"):
+        return (
+            f"WARNING: this machine has {host.nvidia_gpus} NVIDIA GPU(s) but the installed jax has no CUDA support, "
+            "so lbt trains on simulated CPU devices; pip install 'lbt[cuda12]' to use them "
+            "(set JAX_PLATFORMS=cpu to train on the CPU without this warning)"
+        )
+    return None
+
+
+def check_backend(
+    backend: str, host: Host, plugins: Mapping[str, bool], environ: Mapping[str, str] = os.environ
+) -> str | None:
+    """After JAX started: a warning when it fell back to CPU although the accelerator and the
+    plugin are there (JAX logs why just before, e.g. a driver older than the CUDA of the wheels)."""
+    if backend != "cpu" or cpu_requested(environ):
+        return None
+    if (host.nvidia_gpus and plugins.get("cuda")) or (host.tpu_chips and plugins.get("tpu")):
+        kind = "TPU chips" if host.tpu_chips else "NVIDIA GPUs"
+        return (
+            f"WARNING: this machine has {kind} and jax's plugin for them, but JAX started on the CPU backend "
+            "(see JAX's warning above), so lbt trains on simulated CPU devices"
+        )
+    return None

@@ -251,3 +251,36 @@ def test_per_leaf_reduction_moves_the_same_bytes():
     n_stats = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(state.batch_stats))
     assert counts["flat"] == (1, n_params + n_stats + 1)  # gradients, BN increments, loss
     assert counts["per_leaf"][1] == counts["flat"][1]  # the same bytes, in one or more operands
+
+
+@pytest.mark.parametrize("reduction", ["flat", "per_leaf"])
+def test_noise_scale_norms_ride_in_the_one_reduction(reduction, fused_setup):
+    """measure_noise adds one scalar to the step's one all-reduce (flat: one more element; per_leaf:
+    one more scalar operand, which XLA combines into the same all-reduce), no collective to
+    ``accum``, and leaves the training bit for bit unchanged."""
+    _, init, batches = fused_setup
+    config = small_config()
+    mesh = make_mesh()
+    model, tx = build_model(config, 10, 8), make_optimizer(config)
+    hyper = np.int32(3), np.float32(0.3), np.float32(0.9)
+    out = {}
+    for measure in (False, True):
+        progs = build_programs(
+            model, tx, mesh, num_classes=10, bn_momentum=0.9, reduction=reduction, measure_noise=measure
+        )
+        state = init()
+        acc = progs.zeros_acc(state)
+        final_hlo = progs.final.lower(state, acc, *batches[0], *hyper).compile().as_text()
+        accum_hlo = progs.accum.lower(state, acc, *batches[0]).compile().as_text()
+        counts = (_count_all_reduces(final_hlo), _all_reduce_elements(final_hlo), _count_all_reduces(accum_hlo))
+        for x, y in batches[:2]:
+            acc = progs.accum(state, acc, x, y)
+        new, _, metrics = progs.final(state, acc, *batches[2], *hyper)
+        out[measure] = counts, jax.tree.map(np.asarray, new), jax.tree.map(np.asarray, metrics)
+    (c_off, s_off, m_off), (c_on, s_on, m_on) = out[False], out[True]
+    assert c_on[0] == c_off[0] == 1 and c_on[2] == c_off[2] == 0  # no collective added, none in accum
+    assert c_on[1] == c_off[1] + 1  # the bytes reduced: one float32 more
+    _assert_bitwise_equal(s_on, s_off)
+    assert set(m_on) - set(m_off) == {"grad_sq_small", "grad_sq_big"}
+    np.testing.assert_allclose(m_on["grad_sq_big"], m_on["grad_norm"] ** 2, rtol=1e-5)
+    assert m_on["grad_sq_small"] > m_on["grad_sq_big"] > 0  # small batches are noisier

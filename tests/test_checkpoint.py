@@ -24,7 +24,9 @@ from lbt.train.metrics import read_jsonl
 
 # digits, M = 32, B = 32 -> 64 at epoch 1 (step 45), 2 epochs; checkpoints every 1000 examples
 # land at step 32 (1,024 examples) and step 54 (2,016), so a kill at step 50 leaves the last
-# checkpoint *before* the batch-growth boundary.
+# checkpoint *before* the batch-growth boundary. The noise-scale EMA (time constant 40 steps) and
+# a regime factor of 0.25 make the regime warning fire at steps 40 (phase 0) and 46 (phase 1),
+# between that checkpoint and the kill, so the resume must regenerate those events, not repeat them.
 OVERRIDES = [
     "--config.model.width=8",
     "--config.train.global_microbatch=32",
@@ -37,6 +39,8 @@ OVERRIDES = [
     "--config.train.log_every_steps=1",
     "--config.train.progress=false",
     "--config.checkpoint.every_examples=1000",
+    "--config.train.noise_scale_ema=0.975",
+    "--config.schedule.batch.regime_factor=0.25",
 ]
 
 
@@ -113,8 +117,35 @@ def test_resume_after_sigkill_is_bit_identical(uninterrupted, tmp_path):
         {k: v for k, v in r.items() if k not in timing} for r in train_records(tmp_path) if r["examples_seen"] > 1024
     ]
     assert len(a_after) > 20 and a_after == b_after  # every record after the resume point, exactly
-    events = [r["event"] for r in read_jsonl(tmp_path / "metrics.jsonl") if "event" in r]
-    assert events == ["resume"]
+    assert all(r["noise_scale_simple"] is not None for r in a_after if "split" not in r)  # the EMAs resumed
+    assert b_sum["noise_scale_simple"] == a_sum["noise_scale_simple"]
+    events = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "event" in r]
+    assert [r["event"] for r in events] == ["resume", "noise_regime", "noise_regime"]
+    regime = [r for r in read_jsonl(a_dir / "metrics.jsonl") if r.get("event") == "noise_regime"]
+    assert [(r["phase"], r["step"]) for r in regime] == [(0, 40), (1, 46)]
+    assert events[1:] == regime  # regenerated after the resume, the killed run's copies dropped
+
+
+@pytest.mark.slow
+def test_uninterrupted_run_logs_the_noise_scale(uninterrupted):
+    """Every train record has the two squared norms, their batch sizes and the smoothed B_simple,
+    which is the bias-corrected EMA ratio of the per-step estimates; the summary has the last one."""
+    from lbt.schedules import noise as noise_lib
+
+    a_dir, a_sum = uninterrupted
+    recs = [r for r in train_records(a_dir) if "split" not in r]
+    assert len(recs) == a_sum["optimizer_steps"] and {r["global_batch"] for r in recs} == {32, 64}
+    ema = noise_lib.NoiseScaleEMA(0.975)
+    for r in recs:
+        assert (r["noise_batch_small"], r["noise_batch_big"]) == (4, r["global_batch"])  # b = M / D, B
+        assert r["grad_sq_norm_big"] == pytest.approx(r["grad_norm"] ** 2, rel=1e-4)
+        ema = ema.update(
+            *noise_lib.step_estimates(r["grad_sq_norm_small"], r["grad_sq_norm_big"], 4, r["global_batch"])
+        )
+        assert r["noise_scale_simple"] == pytest.approx(ema.b_simple, rel=1e-9)
+        assert r["grad_sq_norm_true"] == pytest.approx(ema.g2_hat, rel=1e-9)
+    assert a_sum["noise_scale_simple"] == recs[-1]["noise_scale_simple"] and a_sum["noise_scale_steps"] == len(recs)
+    assert 10 < a_sum["noise_scale_simple"] < 10_000
 
 
 @pytest.mark.slow

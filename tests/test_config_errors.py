@@ -41,6 +41,8 @@ CASES = [
     (["--config.model.name=resnet5"], "config.model.name: unknown model 'resnet5'", "resnet50"),
     (["--config.optimizer.name=adamw"], "config.optimizer.name: unknown optimizer 'adamw'", "lamb"),
     (["--config.train.eval_every_epochs=abc"], "config.train.eval_every_epochs: cannot parse 'abc' as float", ""),
+    (["--config.train.noise_scale_ema=1.0"], "config.train.noise_scale_ema: must be in [0, 1), got 1.0", "0.99"),
+    (["--config.schedule.batch.regime_factor=-1"], "config.schedule.batch.regime_factor: must be a finite", ">= 0"),
 ]
 
 
@@ -106,12 +108,15 @@ def test_subprocess_exit_code_and_single_line(tmp_path):
     assert lines[-1].startswith("lbt: error: config.schedule.base_lr:")
 
 
-def test_url_workdir_is_rejected_with_the_fix(capsys):
+def test_unsupported_url_workdir_is_rejected_with_the_fix(capsys):
+    """gs://, s3:// and az:// workdirs go through etils.epath (tests/test_object_storage.py);
+    any other URL is one line naming the schemes and the FUSE alternative."""
     from lbt.cli import main
 
-    assert main(["train", "--workdir", "gs://bucket/run"]) == 2
+    assert main(["train", "--workdir", "ftp://host/run"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "--workdir 'gs://bucket/run'" in err and "Cloud Storage FUSE" in err
+    assert err.count("\n") == 0 and "--workdir 'ftp://host/run': ftp:// is not supported" in err
+    assert "Cloud Storage FUSE" in err and "gs://, s3://, az://" in err
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import sys
 
 import numpy as np
@@ -29,37 +28,9 @@ from lbt.data.pipeline import TrainStream, eval_batches  # noqa: E402
 from lbt.data.registry import DATASETS, load_splits  # noqa: E402
 from lbt.data.types import Source  # noqa: E402
 from lbt.errors import ConfigError  # noqa: E402
-from lbt.testing.fake_tfds import encode_image, synthetic_pixels, write_fake_cifar10  # noqa: E402
+from lbt.testing.fake_tfds import synthetic_pixels, write_fake_cifar10, write_fake_imagenet2012  # noqa: E402
 
 N_TRAIN, N_TEST = 37, 13  # the fake cifar10 (lbt.testing.fake_tfds); train example 5 is corrupt in corrupt_dir
-
-
-class _Imagenet2012(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """Same name, version and features as tfds' imagenet2012, with a few small JPEGs."""
-
-    name = "imagenet2012"
-    VERSION = tfds.core.Version("5.1.0")
-
-    def _info(self):
-        return tfds.core.DatasetInfo(
-            builder=self,
-            features=tfds.features.FeaturesDict(
-                {
-                    "file_name": tfds.features.Text(),
-                    "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-                    "label": tfds.features.ClassLabel(num_classes=1000),
-                }
-            ),
-        )
-
-    def _split_generators(self, dl_manager):
-        return {"train": self._generate_examples("train", 6), "validation": self._generate_examples("validation", 5)}
-
-    def _generate_examples(self, split, n):
-        for k in range(n):
-            shape = (30 + 3 * k, 44 - 2 * k, 3)
-            jpeg = encode_image(synthetic_pixels(k, shape), "JPEG")
-            yield f"{split}_{k}", {"file_name": f"{split}_{k}.JPEG", "image": io.BytesIO(jpeg), "label": 7 * k}
 
 
 class _TensorImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -344,7 +315,7 @@ def test_missing_data_dir_raises_config_error_with_hint(tmp_path):
         load_splits(_config(tmp_path / "nope"))
     assert info.value.field == "dataset.data_dir"
     msg = str(info.value)
-    assert "tfds build cifar10 --file_format=array_record" in msg and "lbt[imagenet]" in msg
+    assert "tfds build cifar10 --file_format=array_record" in msg and "lbt[prepare]" in msg
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -355,7 +326,7 @@ def test_missing_data_dir_raises_config_error_with_hint(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_splits(_config(empty, name="imagenet2012"))
     msg = str(info.value)
-    assert "ILSVRC2012_img_train.tar" in msg and "downloads/manual" in msg and "lbt[imagenet]" in msg
+    assert "ILSVRC2012_img_train.tar" in msg and "downloads/manual" in msg and "lbt[prepare]" in msg
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,7 +345,8 @@ def test_decoded_array_records(tmp_path):
 
 
 def test_imagenet_path(tmp_path):
-    data_dir = _build(_Imagenet2012, tmp_path)
+    # six train and five validation JPEGs of different sizes (the loader resizes each one)
+    data_dir = write_fake_imagenet2012(tmp_path, 6, 5, shape=lambda key: (30 + 3 * (key % 6), 44 - 2 * (key % 6)))
     splits = load_splits(_config(data_dir, name="imagenet2012", image_size=24))
     assert (len(splits.train), len(splits.test), splits.num_classes) == (6, 5, 1000)
     assert splits.train.image_shape == (24, 24, 3)

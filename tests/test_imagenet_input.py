@@ -1,5 +1,6 @@
-"""The ImageNet input path: decode workers, row-limited / DCT-scaled JPEG decoding, determinism,
-``dataset.decode_workers`` validation, and ``benchmarks/imagenet_input.py``.
+"""The ImageNet input path: decode workers, row-limited / DCT-scaled JPEG decoding on the PIL and
+turbo paths (``dataset.decoder``), determinism, ``dataset.decode_workers`` / ``dataset.decoder``
+validation, and ``benchmarks/imagenet_input.py``.
 
 The datasets are tiny tfds ``imagenet2012``-shaped array_record files written by
 :func:`lbt.testing.fake_tfds.write_fake_imagenet2012` (no TensorFlow, no network).
@@ -25,13 +26,15 @@ from PIL import Image  # noqa: E402
 
 from lbt.config import base_config, validate  # noqa: E402
 from lbt.data import preprocess as pp  # noqa: E402
-from lbt.data import tfds_sources  # noqa: E402
+from lbt.data import tfds_sources, turbo  # noqa: E402
 from lbt.data.pipeline import TrainStream  # noqa: E402
 from lbt.data.registry import load_splits  # noqa: E402
 from lbt.errors import ConfigError  # noqa: E402
 from lbt.testing.fake_tfds import encode_image, natural_pixels, write_fake_imagenet2012  # noqa: E402
 
 N_TRAIN, CROP, CORRUPT_KEY = 30, 32, 4
+needs_turbo = pytest.mark.skipif(not turbo.available(), reason="simplejpeg / OpenCV not installed (lbt[jpeg])")
+DECODERS = ["pil", pytest.param("turbo", marks=needs_turbo)]
 
 
 def _shape(key: int) -> tuple[int, int]:
@@ -59,9 +62,9 @@ def _config(data_dir, workers=0, **dataset):
     return c
 
 
-def _inline(data_dir, split="train", on_corrupt="skip"):
+def _inline(data_dir, split="train", on_corrupt="skip", decoder="pil"):
     ds = tfds_sources.open_data_source("imagenet2012", split, data_dir)
-    pre = pp.Preprocessor("imagenet", CROP)
+    pre = pp.Preprocessor("imagenet", CROP, decoder=decoder)
     return tfds_sources.TfdsSource(
         ds, name="imagenet2012", split=split, preprocessor=pre, on_corrupt=on_corrupt, decode_workers=0
     )
@@ -73,14 +76,15 @@ def _batches(source, positions=(0, 24, 48)):
     return [stream.local_microbatch(p) for p in positions]
 
 
-def test_same_batches_for_inline_and_1_or_2_workers_and_after_restart(data_dir):
-    ref_src = _inline(data_dir)
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_same_batches_for_inline_and_1_or_2_workers_and_after_restart(data_dir, decoder):
+    ref_src = _inline(data_dir, decoder=decoder)
     ref = _batches(ref_src)
     ref_eval = ref_src.get_raw(np.arange(N_TRAIN), None, False)
     assert ref_src.corrupt_count == 1
     for workers in (1, 2):
-        src = load_splits(_config(data_dir, workers, on_corrupt="skip")).train
-        assert src.decode_workers == workers
+        src = load_splits(_config(data_dir, workers, on_corrupt="skip", decoder=decoder)).train
+        assert src.decode_workers == workers and src.preprocessor.decoder == decoder
         for (a_img, a_lab), (b_img, b_lab) in zip(ref, _batches(src)):
             np.testing.assert_array_equal(a_img, b_img)
             np.testing.assert_array_equal(a_lab, b_lab)
@@ -90,9 +94,24 @@ def test_same_batches_for_inline_and_1_or_2_workers_and_after_restart(data_dir):
         assert src.decode_worker_cpu_s() > 0
     # a restarted source (fresh worker processes): the same batches again
     tfds_sources.shutdown_decode_workers()
-    src = load_splits(_config(data_dir, 2, on_corrupt="skip")).train
+    src = load_splits(_config(data_dir, 2, on_corrupt="skip", decoder=decoder)).train
     for (a_img, _), (b_img, _) in zip(ref, _batches(src)):
         np.testing.assert_array_equal(a_img, b_img)
+
+
+@needs_turbo
+def test_turbo_and_pil_differ_by_a_few_levels_and_share_the_eval_path(data_dir):
+    """The two decoders take the same crops (a few levels apart: resize filters) and the same eval
+    pixels (eval decodes and resizes with PIL on both)."""
+    pil, fast = _inline(data_dir, decoder="pil"), _inline(data_dir, decoder="turbo")
+    a, b = pil.get_raw(np.arange(N_TRAIN), np.arange(N_TRAIN), True), fast.get_raw(np.arange(N_TRAIN), None, True)
+    np.testing.assert_array_equal(a[1], b[1])
+    diff = np.abs(a[0].astype(np.int16) - b[0].astype(np.int16))
+    assert 0 < diff.mean() < 4.0, diff.mean()
+    for x, y in zip(pil.get_raw(np.arange(N_TRAIN), None, False), fast.get_raw(np.arange(N_TRAIN), None, False)):
+        np.testing.assert_array_equal(x, y)
+    c = _config(data_dir, decoder="auto")
+    assert tfds_sources.decoder_for(c, "imagenet") == "turbo" and tfds_sources.decoder_for(c, "cifar") == "pil"
 
 
 def test_corrupt_example_error_crosses_the_worker_process(data_dir):
@@ -148,6 +167,41 @@ def test_auto_decode_workers():
     assert tfds_sources.auto_decode_workers("imagenet") == (cores if cores > 1 else 0)
 
 
+@pytest.mark.slow
+def test_trainer_runs_the_fake_imagenet2012(data_dir, tmp_path):
+    """The Trainer on the real imagenet2012 path (decode workers, the auto decoder): one epoch."""
+    from lbt.train.loop import Trainer
+
+    c = _config(data_dir, 1, on_corrupt="skip")
+    c.model.width, c.model.ghost_batch_size = 4, 2
+    c.train.global_microbatch, c.train.progress, c.train.eval_every_epochs = 16, False, 0.0
+    c.schedule.epochs, c.schedule.global_batch = 1.0, 16
+    c.schedule.lr.name, c.schedule.lr.milestones, c.schedule.batch.mode = "constant", (), "decay_lr"
+    summary = Trainer(c, tmp_path).run()
+    assert summary["examples_seen"] >= N_TRAIN and summary["corrupt_examples_skipped"]["train"] == 1
+    assert 0.0 <= summary["final_eval_accuracy"] <= 1.0
+
+
+def test_decoder_validation_and_fallback(data_dir, monkeypatch):
+    c = base_config()
+    c.dataset.decoder = "simd"
+    with pytest.raises(ConfigError) as e:
+        validate(c, num_devices=1, num_train=1438)
+    assert e.value.field == "dataset.decoder" and "auto, turbo, pil" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        load_splits(_config(data_dir, decoder="simd"))
+    assert e.value.field == "dataset.decoder"
+    assert turbo.resolve("pil") == "pil"
+    with pytest.raises(ValueError, match="unknown decoder"):
+        pp.Preprocessor("imagenet", 24, decoder="auto")
+    monkeypatch.setattr(turbo, "_modules", lambda: None)  # simplejpeg / OpenCV not installed
+    assert not turbo.available() and turbo.versions() == {} and turbo.resolve("auto") == "pil"
+    assert load_splits(_config(data_dir)).train.preprocessor.decoder == "pil"
+    with pytest.raises(ConfigError) as e:
+        load_splits(_config(data_dir, decoder="turbo"))
+    assert e.value.field == "dataset.decoder" and "lbt[jpeg]" in str(e.value)
+
+
 def test_decode_workers_validation(data_dir):
     c = base_config()
     c.dataset.decode_workers = -1
@@ -190,6 +244,82 @@ def test_row_limited_decode_equals_full_decode():
                 want = pp.imagenet_train_u8(full, pp.example_rng(7, position), 224)
                 got = pp.imagenet_train_u8_jpeg(data, pp.example_rng(7, position), 224)
                 np.testing.assert_array_equal(got, want)
+
+
+@needs_turbo
+def test_turbo_row_limited_decode_equals_its_full_decode():
+    """turbo: decoding only down to the crop (libjpeg stops early) gives the crop of a full decode."""
+    for key, shape in enumerate(((375, 500), (100, 75), (57, 91))):
+        for options in ({}, {"progressive": True}):
+            data = _jpeg(key, shape, **options)
+            full = tfds_sources.decode_image(data)  # PIL and simplejpeg share libjpeg-turbo's IDCT
+            for position in range(25):
+                want = pp.imagenet_train_u8(full, pp.example_rng(7, position), 224, "turbo")
+                got = pp.imagenet_train_u8_jpeg(data, pp.example_rng(7, position), 224, "turbo")
+                assert got.shape == (224, 224, 3)
+                np.testing.assert_array_equal(got, want)
+    # the decoded rows themselves: row-limited = the top of the full decode
+    data = _jpeg(0, (375, 500))
+    frame = pp.jpeg_frame(data)
+    limited, rows = pp.limit_rows(data, frame, 100)
+    assert rows == 128 and pp.jpeg_frame(limited)[0] == 128
+    img, scale = turbo.decode(limited, rows, 500, 1, True)
+    assert scale == 1 and img.shape == (128, 500, 3)
+    np.testing.assert_array_equal(img[:100], tfds_sources.decode_image(data)[:100])  # rows above `bottom`
+
+
+def _smooth_jpeg(shape: tuple[int, int]) -> bytes:
+    """A JPEG of slow gradients: resize filters and sub-pixel box shifts change it by < 1 level."""
+    y, x = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
+    rgb = np.stack([x / shape[1], y / shape[0], 0.5 + 0.4 * np.sin(x / 90.0 + y / 130.0)], -1)
+    return encode_image((rgb * 230 + 10).astype(np.uint8), "JPEG", quality=95)
+
+
+@needs_turbo
+def test_turbo_dct_scaled_decode_is_deterministic_and_close_to_full_decode():
+    """DCT-scaled crops hit the same image region as full-scale ones (the box scaled, rounded to
+    the decoded grid): on a smooth image they agree within a level or two."""
+    data = _smooth_jpeg((375, 500))
+    full = tfds_sources.decode_image(data)
+    scaled = 0
+    for position in range(40):
+        _, _, h, w = pp.sample_crop(375, 500, pp.example_rng(1, position))
+        got = pp.imagenet_train_u8_jpeg(data, pp.example_rng(1, position), 48, "turbo")
+        np.testing.assert_array_equal(got, pp.imagenet_train_u8_jpeg(data, pp.example_rng(1, position), 48, "turbo"))
+        want = pp.imagenet_train_u8(full, pp.example_rng(1, position), 48, "turbo")
+        assert got.shape == want.shape == (48, 48, 3)
+        diff = np.abs(got.astype(np.int16) - want.astype(np.int16))
+        if pp.dct_scale(h, w, 48) > 1:
+            scaled += 1
+            assert diff.mean() < 1.5 and diff.max() < 16, (diff.mean(), diff.max())
+        else:
+            assert diff.max() == 0
+    assert scaled >= 10
+    img, scale = turbo.decode(data, 375, 500, 4, False)
+    assert scale == 4 and img.shape == (94, 125, 3)
+
+
+@needs_turbo
+def test_turbo_grey_cmyk_and_corrupt_jpegs():
+    grey = encode_image(natural_pixels(4, (60, 80, 3))[..., 0], "JPEG")
+    full = tfds_sources.decode_image(grey)
+    for position in range(5):
+        want = pp.imagenet_train_u8(full, pp.example_rng(0, position), 24, "turbo")
+        got = pp.imagenet_train_u8_jpeg(grey, pp.example_rng(0, position), 24, "turbo")
+        np.testing.assert_array_equal(got, want)
+    buf = io.BytesIO()
+    Image.fromarray(natural_pixels(6, (60, 80, 3))).convert("CMYK").save(buf, "JPEG", quality=90)
+    cmyk = buf.getvalue()
+    got = pp.imagenet_train_u8_jpeg(cmyk, pp.example_rng(0, 0), 24, "turbo")
+    want = pp.imagenet_train_u8_jpeg(cmyk, pp.example_rng(0, 0), 24, "pil")
+    # simplejpeg's CMYK -> RGB is not PIL's formula: the same picture, other levels
+    assert got.shape == want.shape == (24, 24, 3) and got.dtype == np.uint8
+    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.9
+    np.testing.assert_array_equal(got, pp.imagenet_train_u8_jpeg(cmyk, pp.example_rng(0, 0), 24, "turbo"))
+    data = _jpeg(0, (375, 500))
+    for bad in (data[: len(data) // 3], data[:600]):  # truncated inside the scan / the header
+        with pytest.raises(ValueError):
+            pp.imagenet_train_u8_jpeg(bad, pp.example_rng(0, 3), 224, "turbo")
 
 
 def test_grey_jpeg_and_png_take_the_same_crops():

@@ -286,3 +286,30 @@ def test_periodic_flush_keeps_the_newest_step_pending(tmp_path):
     assert records[2]["loss"] == 0.75 and records[2]["grad_norm"] == 1.5 and records[2]["examples_per_s"] == 1.0
     assert pending.flush(keep=1) is None and len(pending) == 0  # nothing pending: a no-op
     w.close()
+
+
+def test_tensorboard_gets_every_log_step_the_end_of_a_full_flush_and_nonfinite_steps(tmp_path):
+    """metrics.jsonl has every step; TensorBoard every tb_every-th, the last of a full flush
+    (eval, save, end) and any non-finite step."""
+    import jax.numpy as jnp
+
+    from lbt.train.metrics import PendingMetrics
+
+    w = MetricsWriter(tmp_path)
+    pending = PendingMetrics(w, lookahead=0, tb_every=3)
+
+    def add(step, finite=True):
+        dev = {"loss": jnp.float32(step), "grad_norm": jnp.float32(1.0), "finite": jnp.bool_(finite)}
+        pending.add({"step": step, "examples_seen": 10 * step, "global_batch": 10, "lr": 0.1}, dev)
+
+    for step in range(1, 8):
+        add(step)
+    pending.flush(keep=1)  # steps 1..6; 7 stays pending
+    pending.flush()  # step 7: the end of a full flush
+    for step in (8, 9):
+        add(step, finite=step != 8)
+    assert pending.flush()["step"] == 8
+    w.close()
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == list(range(1, 9))
+    events = [(tb_step, v["train/step"], v["train/loss"]) for tb_step, v in _tb_scalars(tmp_path / "tb")]
+    assert events == [(30, 3.0, 3.0), (60, 6.0, 6.0), (70, 7.0, 7.0), (80, 8.0, 8.0)]

@@ -129,7 +129,7 @@ def test_plan_refuses_a_batch_larger_than_n(overrides, field, capsys):
     rc = main(["--config", str(recipe("increase_batch")), "--no-plot", *overrides])
     assert rc == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"error: config.{field}: ") and "more than the N=50000 training examples" in err
+    assert err.startswith(f"lbt: error: config.{field}: ") and "more than the N=50000 training examples" in err
     assert "\n" not in err
 
 

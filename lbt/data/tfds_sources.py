@@ -75,13 +75,13 @@ def prepare_hint(name: str, data_dir: str | None) -> str:
         return (
             f"ImageNet needs a manual download: put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar "
             f"(from https://image-net.org/download-images) into {d}/downloads/manual, then on a machine with "
-            f"TensorFlow (pip install 'lbt[prepare]' or its alias 'lbt[imagenet]', which add tensorflow-cpu) run "
+            f"TensorFlow (pip install 'lbt[prepare]', which adds tensorflow-cpu) run "
             f"`tfds build imagenet2012 --file_format=array_record --data_dir={d}`, and pass "
             f"--config.dataset.data_dir={d} (see docs/data.md)"
         )
     return (
-        f"prepare it once on a machine with internet and TensorFlow (pip install 'lbt[prepare]' or its alias "
-        f"'lbt[imagenet]', which add tensorflow-cpu): `tfds build {name} --file_format=array_record --data_dir={d}` (or "
+        f"prepare it once on a machine with internet and TensorFlow (pip install 'lbt[prepare]', which adds "
+        f"tensorflow-cpu): `tfds build {name} --file_format=array_record --data_dir={d}` (or "
         f"`python -m tensorflow_datasets.scripts.download_and_prepare --datasets={name} "
         f"--file_format=array_record --data_dir={d}`), copy {d} to the training machines and pass "
         f"--config.dataset.data_dir={d} (see docs/data.md)"
@@ -723,6 +723,25 @@ def image_size_for(config) -> int:
     return 299 if config.model.name == "inception_resnet_v2" else 224
 
 
+def decoder_for(config, kind: str) -> str:
+    """``config.dataset.decoder`` resolved (:func:`lbt.data.turbo.resolve`): the ImageNet training
+    crop's implementation, ``"turbo"`` or ``"pil"`` (CIFAR-10 always ``"pil"``)."""
+    from lbt.data import turbo
+
+    decoder = turbo.resolve(str(config.dataset.get("decoder", "auto")))
+    if kind != "imagenet":
+        return "pil"
+    if decoder not in _DECODER_LOGGED:
+        _DECODER_LOGGED.add(decoder)
+        libs = ", ".join(f"{k} {v}" for k, v in turbo.versions().items()) if decoder == "turbo" else ""
+        hint = f" ({libs})" if libs else f" (for the faster 'turbo' path: {turbo.INSTALL_HINT})"
+        log.info("ImageNet training crops: dataset.decoder=%s%s", decoder, hint)
+    return decoder
+
+
+_DECODER_LOGGED: set[str] = set()
+
+
 def open_split(config, info: DatasetInfo, split: str) -> TfdsSource:
     """Split ``split`` of the tfds dataset ``info`` (a registry entry) as a :class:`TfdsSource`."""
     if info.source != "tfds":
@@ -741,8 +760,9 @@ def open_split(config, info: DatasetInfo, split: str) -> TfdsSource:
         raise ConfigError(
             "dataset.decode_workers", f"must be >= 0 (0 = auto, one per core for ImageNet), got {workers}"
         )
+    decoder = decoder_for(config, kind)
     data_source = open_data_source(info.name, split, config.dataset.data_dir or None)
-    pre = Preprocessor(kind, size, augment=bool(config.dataset.augment))
+    pre = Preprocessor(kind, size, augment=bool(config.dataset.augment), decoder=decoder)
     return TfdsSource(
         data_source,
         name=info.name,

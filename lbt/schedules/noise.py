@@ -9,10 +9,29 @@ References:
     across modes); ``noise_scale_exact`` is the exact form.
   * McCandlish, Kaplan, Amodei et al. 2018, "An Empirical Model of Large-Batch Training",
     appendix A.1: unbiased estimates of |G|^2 and tr(Σ) from gradient norms measured at two
-    batch sizes, and the simple noise scale B_simple = tr(Σ) / |G|^2.
+    batch sizes, and the simple noise scale B_simple = tr(Σ) / |G|^2 (eq. 2.8), smoothed as the
+    ratio of separate exponential moving averages of the two estimates (:class:`NoiseScaleEMA`).
+    Section 2.2: the optimal LR is ε_opt(B) = ε_max / (1 + B_noise / B), so below B_noise the
+    best ε grows about linearly with B and above it saturates at ε_max; B_simple equals B_noise
+    when the Hessian is a multiple of the identity. Section 2.3: the steps S and examples E to
+    reach a given loss trade off as (S/S_min - 1)(E/E_min - 1) = 1, with the critical batch
+    B_crit = E_min / S_min ≈ B_noise (at B = B_noise both are twice their minimum).
+  * Smith, Elsen & De 2020, "On the Generalization Benefit of Noise in SGD": the same two regimes
+    measured, "noise dominated" (small B, best ε ∝ B) and "curvature dominated" (large B).
 """
 
 from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+#: Default ``schedule.batch.regime_factor``: B > 1 · B_simple is past B_noise, where (McCandlish
+#: et al. 2018, section 2.2) ε_opt(B) = ε_max / (1 + B_noise / B) has reached half of ε_max and
+#: (section 2.3) a run needs more than twice the minimum examples, E/E_min = 1 + B / B_noise > 2:
+#: the curvature-dominated regime of Smith, Elsen & De 2020. B_simple estimates B_noise.
+DEFAULT_REGIME_FACTOR = 1.0
 
 
 def noise_scale(lr: float, N: int, global_batch: int, momentum: float = 0.0) -> float:
@@ -77,3 +96,106 @@ def b_simple_from_stats(g2: float, trace_sigma: float) -> float:
 def b_simple(grad_sq_small: float, grad_sq_big: float, batch_small: int, batch_big: int) -> float:
     """B_simple from gradient norms at two batch sizes (McCandlish et al. 2018)."""
     return b_simple_from_stats(*gradient_stats(grad_sq_small, grad_sq_big, batch_small, batch_big))
+
+
+# ---------------------------------------------------------------------------------------------
+# Smoothing and reading the measurement
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseScaleEMA:
+    """Bias-corrected EMAs of the unbiased per-step estimates of |G|^2 and tr(Σ).
+
+    McCandlish et al. 2018 (A.1) smooth the two estimates separately and take the ratio of the
+    averages (the ratio of two noisy unbiased estimates is biased; the ratio of their averages
+    much less so). ``g2`` and ``trace`` are the raw EMA accumulators ``m <- beta m + (1 - beta) x``
+    (started at 0), ``count`` the steps absorbed; the bias-corrected values divide by
+    ``1 - beta**count`` (Kingma & Ba 2015, section 3). Non-finite estimates are skipped.
+    Immutable and JSON-exact (:meth:`to_dict`), so a checkpoint restores it bit for bit.
+    """
+
+    beta: float
+    g2: float = 0.0
+    trace: float = 0.0
+    count: int = 0
+
+    def update(self, g2: float, trace: float) -> NoiseScaleEMA:
+        """The EMA after one more step's estimates (unchanged if either is not finite)."""
+        if not (math.isfinite(g2) and math.isfinite(trace)):
+            return self
+        b = self.beta
+        return dataclasses.replace(
+            self, g2=b * self.g2 + (1.0 - b) * g2, trace=b * self.trace + (1.0 - b) * trace, count=self.count + 1
+        )
+
+    def _correction(self) -> float:
+        return 1.0 - self.beta**self.count
+
+    @property
+    def g2_hat(self) -> float | None:
+        """Bias-corrected EMA of |G|^2 (None before the first step)."""
+        return self.g2 / self._correction() if self.count else None
+
+    @property
+    def trace_hat(self) -> float | None:
+        """Bias-corrected EMA of tr(Σ) (None before the first step)."""
+        return self.trace / self._correction() if self.count else None
+
+    @property
+    def b_simple(self) -> float | None:
+        """Smoothed B_simple = EMA(tr Σ) / EMA(|G|^2); ``inf`` while EMA(|G|^2) <= 0 (noise swamps
+        the signal), None before the first step. The bias corrections cancel in the ratio."""
+        return b_simple_from_stats(self.g2, self.trace) if self.count else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"beta": self.beta, "g2": self.g2, "trace": self.trace, "count": self.count}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None, beta: float) -> NoiseScaleEMA:
+        """The EMA stored by :meth:`to_dict` (a fresh one for None), continued with ``beta``."""
+        if not d:
+            return cls(beta)
+        return cls(float(beta), float(d["g2"]), float(d["trace"]), int(d["count"]))
+
+
+def step_estimates(
+    grad_sq_small: float, grad_sq_big: float, batch_small: int, batch_big: int
+) -> tuple[float, float] | None:
+    """``(|G|^2, tr(Σ))`` of one step (:func:`gradient_stats`), or None when the step saw only one
+    batch size (``batch_small == batch_big``: one device and one microbatch)."""
+    if batch_small >= batch_big:
+        return None
+    return gradient_stats(grad_sq_small, grad_sq_big, batch_small, batch_big)
+
+
+def ratio_estimate(traces: Sequence[float], g2s: Sequence[float]) -> tuple[float, float]:
+    """B_simple over a window of steps as the ratio of the means, mean(tr Σ) / mean(|G|^2), and its
+    standard error by the delta method, treating the steps as independent::
+
+        se = sqrt(var(t_i - R g_i) / n) / |mean(g)|
+
+    (``inf`` for both if mean(|G|^2) <= 0; the error is ``inf`` with fewer than 2 steps).
+    """
+    t = [float(x) for x in traces]
+    g = [float(x) for x in g2s]
+    n = len(t)
+    if n == 0 or n != len(g):
+        raise ValueError(f"need equally many (>= 1) traces and |G|^2 values, got {len(t)} and {len(g)}")
+    mg, mt = sum(g) / n, sum(t) / n
+    if mg <= 0.0:
+        return math.inf, math.inf
+    r = mt / mg
+    if n < 2:
+        return r, math.inf
+    resid = [ti - r * gi for ti, gi in zip(t, g)]
+    mean_res = sum(resid) / n
+    var = sum((x - mean_res) ** 2 for x in resid) / (n - 1)
+    return r, math.sqrt(var / n) / abs(mg)
+
+
+def curvature_dominated(global_batch: int, b_simple_value: float | None, factor: float) -> bool:
+    """True when B > ``factor`` · B_simple (``factor`` 0 = never): past the critical batch
+    (McCandlish et al. 2018, section 2.3), the curvature-dominated regime of Smith, Elsen & De 2020."""
+    if factor <= 0 or b_simple_value is None or not math.isfinite(b_simple_value) or b_simple_value <= 0:
+        return False
+    return global_batch > factor * b_simple_value

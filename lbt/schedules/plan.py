@@ -53,9 +53,9 @@ from lbt.errors import ConfigError
 from lbt.schedules import batch as batch_lib
 from lbt.schedules import lr as lr_lib
 from lbt.schedules import momentum as momentum_lib
+from lbt.schedules.noise import DEFAULT_REGIME_FACTOR, noise_scale_overstatement
 from lbt.schedules.noise import noise_scale as _noise_scale
 from lbt.schedules.noise import noise_scale_exact as _noise_scale_exact
-from lbt.schedules.noise import noise_scale_overstatement
 
 BATCH_MODES = ("decay_lr", "increase_batch", "hybrid", "increase_lr", "increase_momentum")
 #: Modes that grow B where the LR schedule decays (need a decaying LR schedule).
@@ -97,6 +97,10 @@ def default_schedule_config() -> ml_collections.ConfigDict:
         (the learning rate then absorbs the difference so g is kept).
       lr_factor: increase_lr's (and increase_momentum's) factor on ε and B.
       final_momentum: increase_momentum's m1.
+      regime_factor (float >= 0): the run logs one warning per phase (and a ``noise_regime`` event
+        in metrics.jsonl) when B > regime_factor × the measured, smoothed B_simple: the
+        curvature-dominated regime (Smith, Elsen & De 2020). Default 1: B_simple estimates
+        McCandlish et al.'s B_noise, the critical batch (2018, sections 2.2-2.3). 0 = no warning.
     ``momentum_schedule`` (stepped momentum; not with batch.mode='increase_momentum'):
       milestones (tuple of epochs, strictly increasing, inside (0, epochs)) and values (the m from
         each milestone on, non-decreasing, >= momentum, each in [0, 1)); at each milestone B is
@@ -128,6 +132,7 @@ def default_schedule_config() -> ml_collections.ConfigDict:
     s.batch.rounding = "error"
     s.batch.lr_factor = 1.0
     s.batch.final_momentum = 0.98
+    s.batch.regime_factor = DEFAULT_REGIME_FACTOR
     s.momentum_schedule = ml_collections.ConfigDict()
     s.momentum_schedule.milestones = ()
     s.momentum_schedule.values = ()

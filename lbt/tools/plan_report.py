@@ -14,7 +14,6 @@ same epochs (the "parameter updates" Smith et al. 2018 count). Where a phase's B
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
@@ -111,28 +110,35 @@ def format_table(plan, baseline=None, config=None) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``lbt plan``; returns the exit code (2 for a config error)."""
-    from lbt.schedules.plan import baseline_config, make_plan, plan_warnings
+    """Entry point of ``lbt plan``; returns the exit code (2 and one ``lbt: error:`` line for a bad
+    flag or config value, as every ``lbt`` command)."""
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except ConfigError as e:
+        print(f"lbt: error: {e}", file=sys.stderr)
+        return 2
 
-    parser = argparse.ArgumentParser(prog="lbt plan", description=__doc__.splitlines()[0], allow_abbrev=False)
+
+def _main(argv: list[str]) -> int:
+    from lbt.config import split_overrides
+    from lbt.schedules.plan import baseline_config, make_plan, plan_warnings
+    from lbt.tools.lr_range import FlagError, OneLineParser
+
+    parser = OneLineParser(prog="lbt plan", description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument(
         "--config", default=None, help="configs/<name>.py defining get_config() (default: the embedded default)"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--out", default=".", help="directory for plan.png (default: .)")
     parser.add_argument("--no-plot", action="store_true", help="do not write plan.png")
-    args, rest = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
-    bad = [r for r in rest if not r.startswith("--config.") or "=" not in r]
+    flags, overrides = split_overrides(argv)
+    args, bad = parser.parse_known_args(flags)
     if bad:
-        parser.error(f"unrecognized arguments: {' '.join(bad)} (overrides look like --config.schedule.epochs=90)")
-    try:
-        config = _load(args.config, rest)
-        N = _dataset_size(config)
-        plan = make_plan(config, N)
-        baseline = make_plan(baseline_config(config), N)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise FlagError(bad[0], "not a flag of lbt plan; see lbt plan --help (overrides: --config.schedule.epochs=90)")
+    config = _load(args.config, overrides)
+    N = _dataset_size(config)
+    plan = make_plan(config, N)
+    baseline = make_plan(baseline_config(config), N)
     if not args.no_plot:
         from lbt.tools.plots import plot_plan
 

@@ -6,12 +6,15 @@ pyplot, no global backend switch, so importing or plotting never changes the cal
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from lbt import storage
 
 if TYPE_CHECKING:
     from lbt.schedules.plan import Plan
@@ -25,11 +28,17 @@ def new_figure(**kwargs: Any) -> Figure:
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int) -> Path:
-    """Lay out ``fig`` and write it as a PNG to ``path`` (parent folders are created)."""
-    path = Path(path)
+    """Lay out ``fig`` and write it as a PNG to ``path`` (parent folders are created; a URL such
+    as ``gs://...`` is written with one upload, :mod:`lbt.storage`)."""
+    path = storage.as_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    if storage.is_remote(path):
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=dpi)
+        path.write_bytes(buf.getvalue())
+    else:
+        fig.savefig(path, dpi=dpi)
     return path
 
 

@@ -35,6 +35,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 import lbt
+from lbt import storage
 from lbt.errors import CheckpointError
 from lbt.parallel.mesh import host_value
 
@@ -53,6 +54,9 @@ COSMETIC_FIELDS = (
     "train.device_prefetch",
     "train.peak_flops",
     "train.profile_steps",
+    "train.measure_noise_scale",  # measuring B_simple does not change the training computation
+    "train.noise_scale_ema",
+    "schedule.batch.regime_factor",
     "checkpoint.",
 )
 
@@ -77,6 +81,14 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = list(v) if isinstance(v, tuple) else v
     return out
+
+
+def checkpoint_dir(workdir: Any) -> Any:
+    """``workdir/checkpoints``: an absolute :class:`pathlib.Path`, or an :class:`etils.epath.Path`
+    for a URL workdir (orbax writes ``gs://`` itself, through TensorStore)."""
+    if storage.is_remote(workdir):
+        return storage.as_path(workdir) / "checkpoints"
+    return Path(workdir).absolute() / "checkpoints"
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
@@ -105,18 +117,20 @@ class Checkpointer:
     failed step, the cause and the last good checkpoint.
     """
 
-    def __init__(self, workdir: str | Path, keep: int = 3, digest: bool = True):
-        self.directory = Path(workdir).absolute() / "checkpoints"
+    def __init__(self, workdir: str | Path, keep: int = 3, digest: bool = True, read_only: bool = False):
+        self.directory = checkpoint_dir(workdir)
         # SHA-256 of the whole state at each save (checked on restore when recorded): it catches a
         # checkpoint that reads back without an error but with other bytes. It costs a device->host
         # copy and a hash on the main thread per save (0.22 s for ResNet-50's state).
         self.digest = digest
+        # read_only (lbt eval, lbt.load): nothing is created, saved, deleted or moved aside.
+        self.read_only = read_only
         _quiet_orbax_tracebacks()
-        self.manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True, create=True),
-            item_names=("state", "meta"),
-        )
+        if read_only:  # not orbax's read_only, which logs a warning each time; this one never saves
+            options = ocp.CheckpointManagerOptions(max_to_keep=None, create=False, enable_async_checkpointing=False)
+        else:
+            options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True, create=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
         # Reads go through the handlers, not the manager: a manager restore ends at a barrier
         # that a process whose read failed never reaches (the others would wait there).
         self._state_handler = ocp.StandardCheckpointHandler()
@@ -133,6 +147,8 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
         """Start an async save of ``step`` (after the previous one finished: orbax waits anyway)."""
+        if self.read_only:
+            raise AssertionError("a read-only Checkpointer never saves")
         self.wait()
         if step in self.manager.all_steps():  # e.g. a finished run started again
             return
@@ -218,10 +234,20 @@ class Checkpointer:
     # -------------------------------------------------------------------------------------
     # Restoring
 
+    def read_meta(self, step: int) -> dict[str, Any]:
+        """The JSON metadata of checkpoint ``step`` (raises if it is unreadable)."""
+        return self._meta_handler.restore(self.directory / str(step) / "meta", args=ocp.args.JsonRestore())
+
     def restore_latest(
-        self, abstract_state: Any, below: int | None = None, check_meta: Callable[[dict], None] | None = None
+        self,
+        abstract_state: Any,
+        below: int | None = None,
+        check_meta: Callable[[dict], None] | None = None,
+        *,
+        only_step: int | None = None,
     ) -> tuple[Any, dict[str, Any]] | None:
-        """Restore the newest good checkpoint (optionally with step < ``below``).
+        """Restore the newest good checkpoint (optionally with step < ``below``; with ``only_step``,
+        that checkpoint only: a bad one raises instead of falling back).
 
         The metadata is read first and passed to ``check_meta`` (which may raise, e.g. for a
         config mismatch: that error propagates). Then the stored array shapes and dtypes are
@@ -230,16 +256,17 @@ class Checkpointer:
         A corrupt or incomplete checkpoint (unreadable files, missing metadata, digest mismatch)
         is skipped with a warning naming it, and moved to ``checkpoints_corrupt/`` once a good
         one has been restored (nothing is deleted). Returns ``None`` if there are no
-        checkpoints; raises :class:`CheckpointError` if there are some but none is good.
+        checkpoints; raises :class:`CheckpointError` if there are some but none is good. With
+        ``read_only`` nothing is moved.
         """
-        steps = [s for s in self.steps() if below is None or s < below]
+        steps = [s for s in self.steps() if (below is None or s < below) and only_step in (None, s)]
         if not steps:
             return None
         bad: list[tuple[int, str]] = []
         for step in reversed(steps):
             meta, stored, reason = None, None, None
             try:
-                meta = self._meta_handler.restore(self.directory / str(step) / "meta", args=ocp.args.JsonRestore())
+                meta = self.read_meta(step)
                 if not isinstance(meta, dict) or "examples_seen" not in meta or "state_sha256" not in meta:
                     raise ValueError("metadata missing or incomplete")
                 stored = self._stored_arrays(step)
@@ -330,7 +357,7 @@ class Checkpointer:
         it has, then re-lists the directory, so that all of them see the same steps (a save of
         a step that one process still lists would return early there and hang the others).
         """
-        if not steps:
+        if not steps or self.read_only:
             return
         if jax.process_index() == 0:
             dest = self.directory.parent / "checkpoints_corrupt"
@@ -339,7 +366,10 @@ class Checkpointer:
                 try:
                     if src.exists():
                         dest.mkdir(exist_ok=True)
-                        shutil.move(str(src), str(dest / f"{s}.{int(time.time())}"))
+                        if storage.is_remote(src):
+                            src.rename(dest / f"{s}.{int(time.time())}")  # epath: a copy and delete on GCS
+                        else:
+                            shutil.move(str(src), str(dest / f"{s}.{int(time.time())}"))
                 except OSError as e:
                     log.warning("could not move %s to %s: %s", src, dest, _first_line(e))
         if jax.process_count() > 1:

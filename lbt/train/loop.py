@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from lbt import config as config_lib
+from lbt import storage
 from lbt.data.pipeline import TrainStream, prefetch_to_devices
 from lbt.data.registry import load_splits, train_size
 from lbt.errors import TrainingError
@@ -42,7 +43,16 @@ from lbt.train.checkpoint import (
 from lbt.train.compiles import CompileCounter
 from lbt.train.evaluate import EvalSchedule, eval_interval, evaluate
 from lbt.train.faults import Faults
-from lbt.train.metrics import MetricsWriter, PendingMetrics, TrainClock, json_safe, write_json, write_text_atomic
+from lbt.train.metrics import (
+    MetricsWriter,
+    PendingMetrics,
+    TrainClock,
+    json_safe,
+    metrics_writer,
+    write_json,
+    write_text_atomic,
+)
+from lbt.train.noise_scale import NoiseScaleMonitor, unmeasurable_reason
 from lbt.train.optim import make_optimizer
 from lbt.train.perf import Profiler, flops_per_example, mfu, peak_flops
 from lbt.train.state import TrainState, abstract_state, init_state_fn
@@ -61,6 +71,7 @@ class RunState:
     step: int = 0
     skip_windows: list[list[int]] = dataclasses.field(default_factory=list)
     rollbacks: int = 0
+    noise: NoiseScaleMonitor | None = None  # B_simple's EMAs (None: train.measure_noise_scale off)
 
     def skipped_examples(self) -> int:
         return sum(w[1] - w[0] for w in self.skip_windows)
@@ -96,9 +107,12 @@ class Trainer:
         devices: list | None = None,
         allow_config_change: bool = False,
         faults: Faults | None = None,
+        stop_at_examples: int | None = None,
     ):
+        """``stop_at_examples``: end the run there instead of at the plan's end (the steps are those
+        of the full run; ``lbt noise-scale`` trains briefly this way)."""
         self.config = config
-        self.workdir = Path(workdir)
+        self.workdir = storage.as_path(workdir)  # a local Path, or an epath.Path for gs:// (lbt.storage)
         self.allow_config_change = allow_config_change
         self.faults = faults or Faults()
         self._owns_counter = counter is None
@@ -108,6 +122,9 @@ class Trainer:
         self.N = train_size(config)
         # Validate everything and build the Plan once, before any data is loaded.
         self.plan: Plan = config_lib.validate(config, num_devices=self.num_devices, num_train=self.N)
+        self.total_examples = self.plan.total_examples
+        if stop_at_examples is not None:
+            self.total_examples = min(self.total_examples, int(stop_at_examples))
         self.splits = load_splits(config)
         if len(self.splits.train) != self.N:
             raise TrainingError(f"the train split has {len(self.splits.train)} examples, expected N={self.N}")
@@ -115,6 +132,9 @@ class Trainer:
         self.mesh = make_mesh(devices)
         self.model = build_model(config, self.splits.num_classes, self.num_devices)
         self.tx = make_optimizer(config)
+        #: why the gradient noise scale is not measured (None: it is, or it is switched off)
+        self.noise_unmeasurable = unmeasurable_reason(config.model.ghost_batch_size, self.M, self.num_devices)
+        self.measure_noise = bool(config.train.measure_noise_scale) and self.noise_unmeasurable is None
         self._init_fn: Callable[[], TrainState] | None = None
         # uint8 on the wire, normalised on the device; injected NaN images need the float32 wire
         self.raw = self.faults.nan_at is None
@@ -127,6 +147,7 @@ class Trainer:
             label_smoothing=config.train.label_smoothing,
             reduction=grad_reduction(config),
             input_lut=self.splits.train.input_lut if self.raw else None,
+            measure_noise=self.measure_noise,
         )
         process = jax.process_index(), jax.process_count()
         self.stream = TrainStream(self.splits.train, config.seed, self.M, *process, raw=self.raw)
@@ -135,7 +156,7 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Train to the end of the plan (resuming from the workdir) and return the summary."""
         t0 = time.time()
-        total = self.plan.total_examples
+        total = self.total_examples
         with contextlib.ExitStack() as stack:
             stack.callback(self._close_counter)
             done = self._claim_workdir(stack)
@@ -269,9 +290,11 @@ class Trainer:
         rs.rollbacks += 1
         if restored is None:
             rs.train_state, rs.examples_seen, rs.step = self._init_state(), 0, 0
+            rs.noise = self._noise_monitor(None)
         else:
             rs.train_state, meta = restored
             rs.examples_seen, rs.step = int(meta["examples_seen"]), int(meta["step"])
+            rs.noise = self._noise_monitor(meta)
         rs.skip_windows = [list(w) for w in sorted({tuple(w) for w in rs.skip_windows} | {tuple(window)})]
         rs.acc = self.programs.zeros_acc(rs.train_state)
         io.writer.truncate_after(rs.examples_seen)
@@ -298,7 +321,7 @@ class Trainer:
         io.evals = EvalSchedule(io.evals.every, rs.examples_seen)
         io.saves = SavePolicy(self.config, self.N, rs.examples_seen)
         if io.progress is not None:
-            io.progress.reset(total=self.plan.total_examples)
+            io.progress.reset(total=self.total_examples)
             io.progress.update(rs.examples_seen)
 
     def _check_rollback_bounds(self, rs: RunState, bad: dict[str, Any]) -> None:
@@ -318,7 +341,7 @@ class Trainer:
         io.ckpt.check(sync)  # a failed async save: one-line CheckpointError at this step boundary
         decision = io.saves.decide(
             rs.examples_seen,
-            self.plan.total_examples,
+            self.total_examples,
             sync=sync,
             preempt_requested=io.preempt.requested,
             last_save_time=io.ckpt.last_save_time,
@@ -336,6 +359,7 @@ class Trainer:
         if decision.save:
             if len(io.pending) and self._flush(rs, io):  # a save by the clock: every record first
                 return  # rolled back: nothing to save
+            io.writer.sync()  # object storage: the records up to this checkpoint are stored first
             io.ckpt.save(rs.step, rs.train_state, self._meta(rs))
             io.saves.saved(rs.examples_seen)
             io.clock.skip()
@@ -348,7 +372,7 @@ class Trainer:
         run holds it); return the stored summary if this run already finished, else None."""
         stack.enter_context(WorkdirLock(self.workdir, primary=self.primary, agree=agree_any))
         config = json.loads(config_lib.to_json(self.config))
-        done = finished_summary(self.workdir, self.plan.total_examples, config=config, agree=agree_any)
+        done = finished_summary(self.workdir, self.total_examples, config=config, agree=agree_any)
         if done is not None:
             log.info("%s", already_finished_message(self.workdir, done))
         return done
@@ -388,7 +412,7 @@ class Trainer:
         resumed = self._resume(ckpt)
         if resumed is None:
             state = self._init_state()
-            return RunState(state, self.programs.zeros_acc(state)), False
+            return RunState(state, self.programs.zeros_acc(state), noise=self._noise_monitor(None)), False
         state, meta = resumed
         rs = RunState(
             state,
@@ -397,12 +421,22 @@ class Trainer:
             step=int(meta["step"]),
             skip_windows=[list(w) for w in meta.get("skip_windows", [])],
             rollbacks=int(meta.get("rollbacks", 0)),
+            noise=self._noise_monitor(meta),
         )
         return rs, True
 
+    def _noise_monitor(self, meta: dict[str, Any] | None) -> NoiseScaleMonitor | None:
+        """The noise-scale EMAs, from a checkpoint's metadata (fresh for None or an older checkpoint)."""
+        cfg = self.config
+        if not self.measure_noise:
+            return None
+        state = (meta or {}).get("noise_scale")
+        b = self.M // self.num_devices
+        return NoiseScaleMonitor(b, cfg.train.noise_scale_ema, cfg.schedule.batch.regime_factor, state)
+
     def _open_io(self, stack: contextlib.ExitStack, ckpt: Checkpointer, rs: RunState, resumed: bool) -> _Io:
         """Open the run's services (closed by ``stack``) and log the start or the resume."""
-        writer = MetricsWriter(self.workdir, enabled=self.primary)
+        writer = metrics_writer(self.workdir, enabled=self.primary)
         stack.callback(writer.close)
         writer.truncate_after(rs.examples_seen)  # also drops records of a run killed before its first save
         if resumed:
@@ -427,13 +461,22 @@ class Trainer:
         )
         for line in plan_warnings(self.plan):
             log.warning("plan: %s", line)
-        progress = _progress(self.plan.total_examples, rs.examples_seen, self.primary and self.config.train.progress)
+        if self.config.train.measure_noise_scale and self.noise_unmeasurable:
+            log.info("gradient noise scale not measured: %s", self.noise_unmeasurable)
+        progress = _progress(self.total_examples, rs.examples_seen, self.primary and self.config.train.progress)
         preempt = _PreemptionFlag()
         stack.callback(preempt.restore)
         io = _Io(
             ckpt=ckpt,
             writer=writer,
-            pending=PendingMetrics(writer, progress, steps_in_flight(self.config), lambda: self._rates(io)),
+            pending=PendingMetrics(
+                writer,
+                progress,
+                steps_in_flight(self.config),
+                lambda: self._rates(io),
+                on_record=(lambda rec, dev: rs.noise.observe(rec, dev)) if rs.noise is not None else None,
+                tb_every=self.config.train.log_every_steps,
+            ),
             progress=progress,
             batches=self._device_batches(rs.examples_seen),
             evals=EvalSchedule(eval_interval(self.config, self.N), rs.examples_seen),
@@ -488,8 +531,12 @@ class Trainer:
             },
             "skip_windows": rs.skip_windows,
             "rollbacks": rs.rollbacks,
+            "noise_scale": rs.noise.state_dict() if rs.noise is not None else None,
             "devices": self.num_devices,
             "processes": jax.process_count(),
+            # what lbt.load needs to rebuild the model without the data (lbt.train.trained)
+            "image_shape": list(self.splits.train.image_shape),
+            "num_classes": int(self.splits.num_classes),
         }
 
     def _summary(
@@ -527,6 +574,9 @@ class Trainer:
                     "test": self.splits.test.corrupt_count,
                 },
                 "final_state_sha256": digest,
+                # the smoothed gradient noise scale at the end (McCandlish et al. 2018), and its steps
+                "noise_scale_simple": rs.noise.b_simple if rs.noise is not None else None,
+                "noise_scale_steps": rs.noise.ema.count if rs.noise is not None else 0,
             }
         )
 
@@ -627,5 +677,5 @@ def _progress(total: int, initial: int, enabled: bool):
 
 def train(config, workdir: str | Path, **kwargs) -> dict[str, Any]:
     """Train ``config`` in ``workdir`` and return the summary (also written to summary.json)."""
-    Path(workdir).mkdir(parents=True, exist_ok=True)
+    storage.as_path(workdir).mkdir(parents=True, exist_ok=True)
     return Trainer(config, workdir, **kwargs).run()

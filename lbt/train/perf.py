@@ -18,6 +18,8 @@ from typing import Any
 
 import jax
 
+from lbt import storage
+
 log = logging.getLogger("lbt")
 
 #: Dense peak FLOP/s per chip: (bfloat16, float32 as the default matmul precision runs it).
@@ -81,7 +83,7 @@ class Profiler:
     def __init__(self, workdir: str | Path, profile_steps: tuple, enabled: bool = True):
         steps = tuple(int(v) for v in profile_steps)
         self.start, self.count = (steps + (0, 0))[:2] if steps else (0, 0)
-        self.directory = Path(workdir) / "profile"
+        self.directory = storage.as_path(workdir) / "profile"  # gs://: written by jax.profiler itself
         self.enabled = enabled and self.count > 0
         self.active = False
 

@@ -21,6 +21,12 @@ host-local lock from the kernel: two runs started on different hosts are not det
 Processes forked (not exec'd) by the run share its lock, so a forked child that outlives a
 crashed run keeps the workdir locked until it exits.
 
+*Object storage.* A URL workdir (``gs://``, :mod:`lbt.storage`) has no locks at all, and an
+object written as a lock cannot be created atomically through ``etils.epath`` (no
+if-not-exists precondition) nor released by a crash. So there the workdir is **not locked**:
+the run logs one warning saying so and goes on; keeping to one run per workdir is the
+launcher's job there (one job name per workdir). A crashed run therefore never blocks the resume.
+
 **Finished runs.** Rerunning ``lbt train`` on a finished workdir must leave its results alone:
 :func:`finished_summary` returns the stored summary when the run is already complete, and the
 loop then returns it without training, evaluating or writing anything. Training longer is
@@ -44,6 +50,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lbt import storage
 from lbt.errors import CheckpointError
 
 log = logging.getLogger("lbt")
@@ -124,7 +131,7 @@ class WorkdirLock:
     def __init__(
         self, workdir: str | Path, *, primary: bool = True, agree: Agree | None = None, command: str | None = None
     ):
-        self.workdir = Path(workdir)
+        self.workdir = storage.as_path(workdir)
         self.path = self.workdir / LOCK_NAME
         self.primary = primary
         self.agree = agree
@@ -160,6 +167,13 @@ class WorkdirLock:
     def _try_lock(self) -> bool:
         """Take the OS lock; False if another run holds it. Raises OSError on other failures."""
         global _warned_unsupported
+        if storage.is_remote(self.workdir):
+            log.warning(
+                "%s is on object storage, which has no file locks: the workdir is not locked, so nothing stops a "
+                "second run on it (docs/checkpointing.md)",
+                self.workdir,
+            )
+            return True
         self.workdir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)  # no O_TRUNC: not ours yet
         try:
@@ -212,15 +226,17 @@ class WorkdirLock:
 # Finished runs
 
 
-def _checkpoint_steps(workdir: Path) -> list[int]:
-    d = workdir / "checkpoints"
+def checkpoint_steps(workdir: Any) -> list[int]:
+    """The steps of the checkpoints in ``workdir/checkpoints`` (orbax's ``<step>/`` directories,
+    not its ``<step>.orbax-checkpoint-tmp-*`` ones), ascending; ``[]`` if there are none."""
+    d = storage.as_path(workdir) / "checkpoints"
     try:
         return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit() and p.is_dir())
     except OSError:
         return []
 
 
-def _finished(workdir: Path, total_examples: int, config: dict[str, Any] | None) -> dict[str, Any] | None:
+def _finished(workdir: Any, total_examples: int, config: dict[str, Any] | None) -> dict[str, Any] | None:
     try:
         summary = json.loads((workdir / "summary.json").read_text())
     except (OSError, ValueError):
@@ -232,7 +248,7 @@ def _finished(workdir: Path, total_examples: int, config: dict[str, Any] | None)
         return None
     # The newest checkpoint must be the final one (none at all is fine: deleted to save space).
     # A newer one means a longer run started since; an older one, that the final one was lost.
-    ckpts = _checkpoint_steps(workdir)
+    ckpts = checkpoint_steps(workdir)
     if ckpts and ckpts[-1] != steps:
         return None
     from lbt.train.metrics import MetricsFileError, read_jsonl
@@ -273,7 +289,7 @@ def finished_summary(
     continues. ``agree`` (called on every process, see :class:`WorkdirLock`) makes the answer
     the same everywhere: finished only if every process found it finished.
     """
-    summary = _finished(Path(workdir), total_examples, config)
+    summary = _finished(storage.as_path(workdir), total_examples, config)
     if agree is not None and agree([summary is None])[0]:
         return None
     return summary
@@ -286,3 +302,34 @@ def already_finished_message(workdir: str | Path, summary: dict[str, Any]) -> st
         f"{summary.get('examples_seen')}); nothing to do (summary.json kept). To train longer, raise "
         "schedule.epochs with --allow_config_change."
     )
+
+
+def check_checkpoint(workdir: Any, step: int | None = None) -> list[int]:
+    """The checkpoint steps of the run in ``workdir``, after checking that it is a run's workdir
+    with checkpoints and that ``step`` (if given) is one of them. Needs no JAX (``lbt eval``
+    checks its flags with it before JAX starts).
+
+    Raises :class:`lbt.runtime.SetupError`, one line naming ``--workdir`` or ``--step`` and the fix.
+    """
+    from lbt.runtime import SetupError
+
+    path = storage.as_path(workdir)
+    fix = "pass the --workdir of an lbt train run"
+    if not path.is_dir():
+        problem = "no such directory" if not path.exists() else "is a file, not a directory"
+        raise SetupError(f"--workdir {str(workdir)!r}: {problem}; {fix}")
+    steps = checkpoint_steps(path)
+    if not steps:
+        if not (path / "checkpoints").exists() and not (path / "config.json").exists():
+            raise SetupError(f"--workdir {str(workdir)!r}: not an lbt workdir (no checkpoints/ or config.json); {fix}")
+        raise SetupError(
+            f"--workdir {str(workdir)!r}: has no checkpoints (the run saved none yet, or they were deleted); "
+            "train it first (lbt train --workdir ...) or pass another --workdir"
+        )
+    if step is not None and step not in steps:
+        shown = ", ".join(map(str, steps[-10:]))
+        raise SetupError(
+            f"--step {step}: no checkpoint at step {step} in {path / 'checkpoints'}; choose one of {shown} "
+            "(or leave --step out for the newest)"
+        )
+    return steps

@@ -1,0 +1,35 @@
+"""Smoke test of benchmarks/noise_scale_overhead.py --quick: one JSON line with the paired on/off
+ratios of the programs and the Trainer (one case). Ratios are checked for sanity, not speed."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+def test_noise_scale_overhead_benchmark_prints_one_json_line(repo):
+    out = subprocess.run(
+        [sys.executable, str(repo / "benchmarks" / "noise_scale_overhead.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=repo,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 1
+    d = json.loads(lines[0])
+    assert d["benchmark"] == "noise_scale_overhead" and d["machine"] and d["date"] and d["quick"]
+    assert set(d["cases"]) == {"B64_k1"}  # --quick: one case
+    worst = min(c[f"{k}_on_vs_off_paired_median"] for c in d["cases"].values() for k in ("programs", "trainer"))
+    assert d["overhead"] == pytest.approx(1 - worst, abs=1e-4) and isinstance(d["meets_target"], bool)
+    for c in d["cases"].values():
+        for kind in ("programs", "trainer"):
+            assert len(c[f"{kind}_on_vs_off_paired"]) == d["reps"] == 1
+            assert c[f"{kind}_on_vs_off_paired_median"] > 0 and c[f"{kind}_cpu_on_vs_off_paired_median"] > 0
+            assert c[f"{kind}_on_examples_per_s_median"] > 0 and c[f"{kind}_off_examples_per_s_median"] > 0
+        assert c["trainer_noise_scale_simple"] is not None  # measured on all 8 devices (G = 8 = b)
+        cost = c["cost_analysis"]  # XLA's cost analysis: the measurement adds work, a little
+        assert 1.0 < cost["final_flops_on_vs_off"] < 1.1 and 1.0 < cost["accum_flops_on_vs_off"] < 1.1

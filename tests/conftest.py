@@ -10,8 +10,11 @@ cache itself use their own directory.
 """
 
 import atexit
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -32,3 +35,24 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture
+def run_benchmark(repo):
+    """``run_benchmark("loop_overhead.py", "--quick")``: run a script of ``benchmarks/`` in a
+    subprocess; it must exit 0 and print exactly one JSON line, which is returned parsed."""
+
+    def run(script: str, *args: str, timeout: float = 900) -> dict:
+        out = subprocess.run(
+            [sys.executable, str(repo / "benchmarks" / script), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=repo,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        lines = out.stdout.strip().splitlines()
+        assert len(lines) == 1, out.stdout[-2000:]
+        return json.loads(lines[0])
+
+    return run

@@ -1,26 +1,12 @@
 """Smoke test of benchmarks/accumulation.py --quick: one JSON line, every cell, paired ratios, no
 compile after warm-up. Timing figures are only checked for sanity (positive), never for speed."""
 
-import json
-import subprocess
-import sys
-
 import pytest
 
 
 @pytest.mark.slow
-def test_accumulation_benchmark_prints_one_json_line(repo):
-    out = subprocess.run(
-        [sys.executable, str(repo / "benchmarks" / "accumulation.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=repo,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    lines = out.stdout.strip().splitlines()
-    assert len(lines) == 1
-    d = json.loads(lines[0])
+def test_accumulation_benchmark_prints_one_json_line(run_benchmark):
+    d = run_benchmark("accumulation.py", "--quick", timeout=600)
     assert d["benchmark"] == "accumulation" and d["machine"] and d["date"] and d["jax"]
     assert d["lbt_step"] == "k-1 accum + final" and d["reductions"] == ["flat"]
     reps = d["reps"]

@@ -1,26 +1,12 @@
 """Smoke test of benchmarks/loop_overhead.py --quick: one JSON line with a figure per case and the
 host profile; nothing compiles after the first step. Ratios are checked for sanity, not speed."""
 
-import json
-import subprocess
-import sys
-
 import pytest
 
 
 @pytest.mark.slow
-def test_loop_overhead_benchmark_prints_one_json_line(repo):
-    out = subprocess.run(
-        [sys.executable, str(repo / "benchmarks" / "loop_overhead.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=repo,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    lines = out.stdout.strip().splitlines()
-    assert len(lines) == 1
-    d = json.loads(lines[0])
+def test_loop_overhead_benchmark_prints_one_json_line(run_benchmark):
+    d = run_benchmark("loop_overhead.py", "--quick", timeout=900)
     assert d["benchmark"] == "loop_overhead" and d["machine"] and d["date"] and d["jax"] and d["quick"]
     assert set(d["cases"]) == {"B64_k1", "B512_k8"}
     assert d["trainer_vs_minimal_loop"] == min(c["trainer_vs_minimal_paired_median"] for c in d["cases"].values())

@@ -1,26 +1,12 @@
 """Smoke test of benchmarks/memory.py --quick (compile only): one JSON line with per-device bytes
 of accum, final and the bare step, and the extra memory in units of the parameter bytes."""
 
-import json
-import subprocess
-import sys
-
 import pytest
 
 
 @pytest.mark.slow
-def test_memory_benchmark_prints_one_json_line(repo):
-    out = subprocess.run(
-        [sys.executable, str(repo / "benchmarks" / "memory.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=repo,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    lines = out.stdout.strip().splitlines()
-    assert len(lines) == 1
-    d = json.loads(lines[0])
+def test_memory_benchmark_prints_one_json_line(run_benchmark):
+    d = run_benchmark("memory.py", "--quick", timeout=600)
     assert d["benchmark"] == "memory" and d["machine"] and d["date"] and d["jax"] and d["quick"]
     assert d["model"] == "cnn" and d["reductions"] == ["flat"]
     assert set(d["programs"]) == {"accum", "final_flat", "bare"}

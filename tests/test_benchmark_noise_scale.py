@@ -1,26 +1,12 @@
 """Smoke test of benchmarks/noise_scale_overhead.py --quick: one JSON line with the paired on/off
 ratios of the programs and the Trainer (one case). Ratios are checked for sanity, not speed."""
 
-import json
-import subprocess
-import sys
-
 import pytest
 
 
 @pytest.mark.slow
-def test_noise_scale_overhead_benchmark_prints_one_json_line(repo):
-    out = subprocess.run(
-        [sys.executable, str(repo / "benchmarks" / "noise_scale_overhead.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=repo,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    lines = out.stdout.strip().splitlines()
-    assert len(lines) == 1
-    d = json.loads(lines[0])
+def test_noise_scale_overhead_benchmark_prints_one_json_line(run_benchmark):
+    d = run_benchmark("noise_scale_overhead.py", "--quick", timeout=900)
     assert d["benchmark"] == "noise_scale_overhead" and d["machine"] and d["date"] and d["quick"]
     assert set(d["cases"]) == {"B64_k1"}  # --quick: one case
     worst = min(c[f"{k}_on_vs_off_paired_median"] for c in d["cases"].values() for k in ("programs", "trainer"))

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import json
 import pickle
-import subprocess
 import sys
 
 import numpy as np
@@ -384,20 +382,6 @@ def test_natural_pixels_look_like_a_photo():
 # benchmarks/imagenet_input.py
 
 
-def _run_benchmark(repo, *args):
-    out = subprocess.run(
-        [sys.executable, str(repo / "benchmarks" / "imagenet_input.py"), "--quick", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=repo,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    lines = out.stdout.strip().splitlines()
-    assert len(lines) == 1
-    return json.loads(lines[0])
-
-
 def _check_fields(d):
     assert d["benchmark"] == "imagenet_input" and d["date"] and d["cpu_cores"] >= 1
     assert d["image_hw"] == [375, 500] and d["jpeg_quality"] == 90 and d["crop"] == 224
@@ -409,8 +393,8 @@ def _check_fields(d):
     assert d["kernels_per_core"]["lbt_row_limited_crop"] > 0
 
 
-def test_benchmark_quick_without_the_anchor(repo):
-    d = _run_benchmark(repo, "--no-anchor", "--images", "16")
+def test_benchmark_quick_without_the_anchor(run_benchmark):
+    d = run_benchmark("imagenet_input.py", "--quick", "--no-anchor", "--images", "16", timeout=600)
     _check_fields(d)
     assert d["ratio_per_core_vs_tfdata"] is None and "skipped" in d["tfdata"]
 
@@ -425,8 +409,8 @@ def test_benchmark_says_when_tensorflow_is_missing(repo, monkeypatch):
 
 
 @pytest.mark.slow
-def test_benchmark_quick_with_the_tfdata_anchor(repo):
+def test_benchmark_quick_with_the_tfdata_anchor(run_benchmark):
     pytest.importorskip("tensorflow")
-    d = _run_benchmark(repo)
+    d = run_benchmark("imagenet_input.py", "--quick", timeout=600)
     _check_fields(d)
     assert d["ratio_per_core_vs_tfdata"] > 0 and d["tfdata"]["per_core"] > 0 and d["tf_version"]

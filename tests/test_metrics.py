@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from lbt.errors import TrainingError
+from lbt.testing.tb_events import tb_scalars
 from lbt.train.metrics import MetricsWriter, read_jsonl
 
 GOOD = [{"step": s, "examples_seen": 32 * s, "loss": 1.0 / s} for s in range(1, 6)]
@@ -226,32 +227,13 @@ def test_write_json_is_valid_json_and_atomic(tmp_path, monkeypatch):
 # TensorBoard: one event per record, with every number of the record
 
 
-def _tb_scalars(tb_dir) -> list[tuple[int, dict[str, float]]]:
-    """(step, {tag: value}) for each summary event, read from the TFRecord files directly."""
-    import struct
-
-    from tensorboardX.proto.event_pb2 import Event
-
-    out = []
-    for f in sorted(tb_dir.iterdir()):
-        data = f.read_bytes()
-        pos = 0
-        while pos < len(data):
-            (n,) = struct.unpack("<Q", data[pos : pos + 8])
-            event = Event.FromString(data[pos + 12 : pos + 12 + n])
-            pos += 12 + n + 4
-            if event.HasField("summary"):
-                out.append((event.step, {v.tag: v.simple_value for v in event.summary.value}))
-    return out
-
-
 def test_tensorboard_gets_each_records_numbers_as_one_event(tmp_path):
     w = MetricsWriter(tmp_path)
     w.write({"step": 1, "examples_seen": 32, "loss": 2.5, "lr": 0.1, "phase": "a", "ok": True}, tb_step=32)
     w.write({"split": "test", "step": 1, "accuracy": 0.75}, tb_step=32, prefix="eval/")
     w.write({"step": 2, "loss": 1.25}, tb_step=None)  # JSONL only
     w.close()
-    events = _tb_scalars(tmp_path / "tb")
+    events = tb_scalars(tmp_path / "tb")
     # strings, booleans and examples_seen (the TB step itself) are not scalars
     assert events == [
         (32, {"step": 1.0, "loss": 2.5, "lr": pytest.approx(0.1)}),
@@ -311,5 +293,5 @@ def test_tensorboard_gets_every_log_step_the_end_of_a_full_flush_and_nonfinite_s
     assert pending.flush()["step"] == 8
     w.close()
     assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == list(range(1, 9))
-    events = [(tb_step, v["train/step"], v["train/loss"]) for tb_step, v in _tb_scalars(tmp_path / "tb")]
+    events = [(tb_step, v["train/step"], v["train/loss"]) for tb_step, v in tb_scalars(tmp_path / "tb")]
     assert events == [(30, 3.0, 3.0), (60, 6.0, 6.0), (70, 7.0, 7.0), (80, 8.0, 8.0)]

@@ -3,7 +3,6 @@ directory that refuses appends (lbt.testing.fake_gcs). Real GCS is not reached f
 
 import json
 import logging
-import struct
 from pathlib import Path
 
 import jax
@@ -12,6 +11,7 @@ import pytest
 from lbt import cli, storage
 from lbt.config import apply_override, base_config
 from lbt.testing.fake_gcs import fake_gcs
+from lbt.testing.tb_events import tb_scalars
 from lbt.train import checkpoint as checkpoint_mod
 from lbt.train.metrics import MetricsWriter, ObjectMetricsWriter, metrics_writer, read_jsonl, write_json
 from lbt.train.workdir import WorkdirLock
@@ -25,21 +25,6 @@ def _records():
     yield {"event": "resume", "step": 1, "examples_seen": 32}, None, ""
     yield {"step": 2, "examples_seen": 64, "loss": float("nan"), "lr": 0.1}, 64, "train/"
     yield {"step": 3, "examples_seen": 96, "loss": 1.0, "lr": 0.1}, 96, "train/"
-
-
-def _tb_scalars(tb_dir: Path) -> list[tuple[int, dict[str, float]]]:
-    from tensorboardX.proto.event_pb2 import Event
-
-    out = []
-    for f in sorted(tb_dir.iterdir()):
-        data, pos = f.read_bytes(), 0
-        while pos < len(data):
-            (n,) = struct.unpack("<Q", data[pos : pos + 8])
-            event = Event.FromString(data[pos + 12 : pos + 12 + n])
-            pos += 12 + n + 4
-            if event.HasField("summary"):
-                out.append((event.step, {v.tag: v.simple_value for v in event.summary.value}))
-    return out
 
 
 def test_object_writer_writes_what_the_local_writer_writes_without_appending(tmp_path):
@@ -60,8 +45,8 @@ def test_object_writer_writes_what_the_local_writer_writes_without_appending(tmp
         assert [r.get("event", r.get("step")) for r in read_jsonl(RUN + "/metrics.jsonl")] == [1, 1, "resume"]
         local.close()
         remote.close()
-        assert _tb_scalars(Path(store.local(RUN + "/tb"))) == _tb_scalars(tmp_path / "local" / "tb")
-        assert len(_tb_scalars(tmp_path / "local" / "tb")) == 4
+        assert tb_scalars(Path(store.local(RUN + "/tb"))) == tb_scalars(tmp_path / "local" / "tb")
+        assert len(tb_scalars(tmp_path / "local" / "tb")) == 4
         assert all(mode in ("rb", "wb") for _, mode in store.opened)
 
 
@@ -154,7 +139,7 @@ def test_train_rerun_and_evaluate_on_a_gs_workdir(tmp_path, monkeypatch, caplog)
         steps = [r["step"] for r in records if "split" not in r and "event" not in r]
         assert steps == list(range(1, summary["optimizer_steps"] + 1))  # every step once, in order
         assert [r["accuracy"] for r in records if r.get("split") == "test"] == [summary["final_eval_accuracy"]]
-        assert _tb_scalars(local / "tb")[-1][1]["eval/accuracy"] == pytest.approx(summary["final_eval_accuracy"])
+        assert tb_scalars(local / "tb")[-1][1]["eval/accuracy"] == pytest.approx(summary["final_eval_accuracy"])
         assert all("a" not in mode and "+" not in mode for _, mode in store.opened)
 
         before = (local / "metrics.jsonl").read_bytes()

@@ -1,9 +1,10 @@
 """Noise-scale overhead: the same step and the same run with ``train.measure_noise_scale`` on and off.
 
-The measurement (``lbt.parallel.accumulate``, ``measure_noise=True``) adds one squared norm of the
-microbatch gradient to each ``accum`` call, one more float32 to the step's one all-reduce, the
-squared norm of the reduced gradient to ``final``, and a few float operations per record where the
-loop already reads the step's metrics (``lbt.train.noise_scale``). This measures what that costs,
+The measurement (``lbt.parallel.accumulate``, ``measure_noise=True``, the ``devices`` estimator)
+adds to ``final`` the squared norm of the device's accumulated gradient, one more float32 to the
+step's one all-reduce and the squared norm of the reduced gradient, nothing to ``accum``, and a
+few float operations per record where the loop already reads the step's metrics
+(``lbt.train.noise_scale``). This measures what that costs,
 on the digits CNN of ``base_config()`` (M = 64, ghost batch G = 8 so that b = M / D = 8 >= G and the
 noise scale is measured on all 8 simulated devices), for B = 64 (k = 1) and B = 512 (k = 8):
 

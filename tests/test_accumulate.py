@@ -255,18 +255,26 @@ def test_per_leaf_reduction_moves_the_same_bytes():
 
 @pytest.mark.parametrize("reduction", ["flat", "per_leaf"])
 def test_noise_scale_norms_ride_in_the_one_reduction(reduction, fused_setup):
-    """measure_noise adds one scalar to the step's one all-reduce (flat: one more element; per_leaf:
-    one more scalar operand, which XLA combines into the same all-reduce), no collective to
-    ``accum``, and leaves the training bit for bit unchanged."""
+    """measure_noise adds one scalar to the step's one all-reduce (|A_d|^2; two with the microbatch
+    norms, + sum |g_i|^2) (flat: more elements; per_leaf: more scalar operands, which XLA combines
+    into the same all-reduce), no collective to ``accum``, and leaves the training bit for bit
+    unchanged."""
     _, init, batches = fused_setup
     config = small_config()
     mesh = make_mesh()
     model, tx = build_model(config, 10, 8), make_optimizer(config)
     hyper = np.int32(3), np.float32(0.3), np.float32(0.9)
     out = {}
-    for measure in (False, True):
+    for measure in (False, "devices", "microbatches"):
         progs = build_programs(
-            model, tx, mesh, num_classes=10, bn_momentum=0.9, reduction=reduction, measure_noise=measure
+            model,
+            tx,
+            mesh,
+            num_classes=10,
+            bn_momentum=0.9,
+            reduction=reduction,
+            measure_noise=bool(measure),
+            microbatch_norms=measure == "microbatches",
         )
         state = init()
         acc = progs.zeros_acc(state)
@@ -277,10 +285,15 @@ def test_noise_scale_norms_ride_in_the_one_reduction(reduction, fused_setup):
             acc = progs.accum(state, acc, x, y)
         new, _, metrics = progs.final(state, acc, *batches[2], *hyper)
         out[measure] = counts, jax.tree.map(np.asarray, new), jax.tree.map(np.asarray, metrics)
-    (c_off, s_off, m_off), (c_on, s_on, m_on) = out[False], out[True]
-    assert c_on[0] == c_off[0] == 1 and c_on[2] == c_off[2] == 0  # no collective added, none in accum
-    assert c_on[1] == c_off[1] + 1  # the bytes reduced: one float32 more
-    _assert_bitwise_equal(s_on, s_off)
-    assert set(m_on) - set(m_off) == {"grad_sq_small", "grad_sq_big"}
-    np.testing.assert_allclose(m_on["grad_sq_big"], m_on["grad_norm"] ** 2, rtol=1e-5)
-    assert m_on["grad_sq_small"] > m_on["grad_sq_big"] > 0  # small batches are noisier
+    c_off, s_off, m_off = out[False]
+    for extra, measure in enumerate(("devices", "microbatches"), start=1):
+        c_on, s_on, m_on = out[measure]
+        assert c_on[0] == c_off[0] == 1 and c_on[2] == c_off[2] == 0  # no collective added, none in accum
+        assert c_on[1] == c_off[1] + extra  # the bytes reduced: one or two float32 more
+        _assert_bitwise_equal(s_on, s_off)
+        keys = {"grad_sq_device", "grad_sq_big"} | ({"grad_sq_micro"} if extra == 2 else set())
+        assert set(m_on) - set(m_off) == keys
+        np.testing.assert_allclose(m_on["grad_sq_big"], m_on["grad_norm"] ** 2, rtol=1e-5)
+        assert m_on["grad_sq_device"] > m_on["grad_sq_big"] > 0  # fewer examples are noisier
+    m = out["microbatches"][2]
+    assert m["grad_sq_micro"] > m["grad_sq_device"]  # b examples against k b

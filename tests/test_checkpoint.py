@@ -137,11 +137,16 @@ def test_uninterrupted_run_logs_the_noise_scale(uninterrupted):
     assert len(recs) == a_sum["optimizer_steps"] and {r["global_batch"] for r in recs} == {32, 64}
     ema = noise_lib.NoiseScaleEMA(0.975)
     for r in recs:
-        assert (r["noise_batch_small"], r["noise_batch_big"]) == (4, r["global_batch"])  # b = M / D, B
+        B = r["global_batch"]
+        assert (r["noise_batch_small"], r["noise_batch_big"], r["noise_estimator"]) == (
+            B // 8,
+            B,
+            "devices",
+        )  # B / D, B
         assert r["grad_sq_norm_big"] == pytest.approx(r["grad_norm"] ** 2, rel=1e-4)
-        ema = ema.update(
-            *noise_lib.step_estimates(r["grad_sq_norm_small"], r["grad_sq_norm_big"], 4, r["global_batch"])
-        )
+        est = noise_lib.gradient_stats(r["grad_sq_norm_small"], r["grad_sq_norm_big"], B // 8, B)
+        assert (r["noise_g2_step"], r["noise_trace_step"]) == pytest.approx(est, rel=1e-12)
+        ema = ema.update(*est)
         assert r["noise_scale_simple"] == pytest.approx(ema.b_simple, rel=1e-9)
         assert r["grad_sq_norm_true"] == pytest.approx(ema.g2_hat, rel=1e-9)
     assert a_sum["noise_scale_simple"] == recs[-1]["noise_scale_simple"] and a_sum["noise_scale_steps"] == len(recs)

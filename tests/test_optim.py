@@ -94,7 +94,7 @@ class Stepper:
             "stats": zeros(self.state.batch_stats),
             "loss": np.full((N_DEV,), 0.5 * k, np.float32),
         }
-        if self.trainer.measure_noise:  # the noise scale's per-device sum of |g_i|^2 (not used here)
+        if "sq" in self.progs.zeros_acc(self.state):  # the noise scale's per-device sum of |g_i|^2 (not used here)
             acc["sq"] = np.zeros((N_DEV,), np.float32)
         acc = jax.device_put(acc, data_sharded(self.mesh))
         self.state, _, metrics = self.progs.apply(self.state, acc, np.int32(k), np.float32(lr), np.float32(momentum))

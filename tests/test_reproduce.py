@@ -53,8 +53,10 @@ def test_mnist_suite_without_data_is_a_clear_error(tmp_path):
 
 def test_suite_configs_equal_epochs_and_schedule():
     cfgs = reproduce.suite_configs("digits", epochs=3.0)
-    assert set(cfgs) == set(reproduce.PLANS)
+    assert set(cfgs) == {*reproduce.PLANS, "adaptive"}
     s = {p: c.schedule for p, c in cfgs.items()}
+    # adaptive starts at B0 = 2M with 2 ε0: the same g as the others
+    assert (s["adaptive"].global_batch, s["adaptive"].base_lr) == (32, 0.8) and s["adaptive"].batch.mode == "adaptive"
     for p in reproduce.PLANS:
         assert s[p].batch.mode == p
         for key in ("epochs", "base_lr", "momentum", "global_batch"):
@@ -99,7 +101,8 @@ def test_digits_suite_plans_step_counts():
 
     cfgs = reproduce.suite_configs("digits")
     steps = {p: make_plan(c, 1438).total_steps() for p, c in cfgs.items()}
-    assert steps == {"decay_lr": 2697, "increase_batch": 999, "hybrid": 1106}
+    # adaptive: the plan is its decay_lr reference at B0 = 2M (the trainer grows B)
+    assert steps == {"decay_lr": 2697, "increase_batch": 999, "hybrid": 1106, "adaptive": 1349}
     # increase_batch would reach 2,000 > N: capped at N rounded down to M (1,424), ε absorbs the rest
     grown = make_plan(cfgs["increase_batch"], 1438).phases
     assert [ph.global_batch for ph in grown] == [16, 80, 400, 1424]
@@ -146,7 +149,7 @@ def test_mnist_suite_takes_the_data_path(tmp_path):
     np.savez(f, images=np.zeros((100, 28, 28), np.uint8), labels=np.arange(100) % 10)
     cfgs = reproduce.suite_configs("mnist", data=str(f))
     assert {c.dataset.path for c in cfgs.values()} == {str(f)}
-    assert [c.schedule.batch.mode for c in cfgs.values()] == list(reproduce.PLANS)
+    assert [c.schedule.batch.mode for c in cfgs.values()] == [*reproduce.PLANS, "adaptive"]
 
 
 def _fake_run(d, plan: str, seed: int, acc: float, steps: int, batches: list[int]) -> None:

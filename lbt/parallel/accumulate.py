@@ -87,12 +87,27 @@ def _pmean(tree: Any, reduction: str) -> Any:
     return jax.tree.map(lambda a: jax.lax.pmean(a, DATA), tree)
 
 
+#: Leaves with at most this many elements are concatenated before their squared norm is taken.
+SMALL_LEAF = 4096
+
+
 def _sq_norm(tree: Any) -> jax.Array:
-    """Σ of the squares of every element of ``tree``, in float32: one reduction over the leaves
-    concatenated (XLA fuses the concatenation into it), not one small reduction per leaf, which
-    cost XLA:CPU about 20 more ops per program on the digits CNN. Local: no collective."""
-    flat = jnp.concatenate([jnp.ravel(a).astype(jnp.float32) for a in jax.tree.leaves(tree)])
-    return jnp.vdot(flat, flat)
+    """Σ of the squares of every element of ``tree``, in float32, local (no collective).
+
+    Each large leaf gets its own reduction (XLA fuses it with the code that produced the leaf);
+    the small leaves (biases, BN scales) are concatenated first, so that they cost one reduction,
+    not one each. Measured on the digits CNN's ``final`` at k = 1 (docs/benchmarks.md): one
+    concatenation of every leaf costs a copy of the gradient, one reduction per leaf costs ~20
+    more XLA ops, which on XLA:CPU's simulated devices is what a small program's time is made of.
+    """
+    leaves = [a.astype(jnp.float32).ravel() for a in jax.tree.leaves(tree)]
+    big = [a for a in leaves if a.size > SMALL_LEAF]
+    small = [a for a in leaves if a.size <= SMALL_LEAF]
+    parts = [jnp.vdot(a, a) for a in big]
+    if small:
+        flat = jnp.concatenate(small)
+        parts.append(jnp.vdot(flat, flat))
+    return sum(parts, jnp.zeros((), jnp.float32))
 
 
 def _step_bodies(
@@ -104,6 +119,7 @@ def _step_bodies(
     reduction: str,
     lut: np.ndarray | None,
     measure_noise: bool = False,
+    microbatch_norms: bool = False,
 ):
     """The per-device bodies of ``accum``, ``final`` and ``apply`` (run inside ``shard_map``)."""
 
@@ -122,7 +138,7 @@ def _step_bodies(
         inc = jax.tree.map(lambda n, r: n - mu * r, new_stats, state.batch_stats)
         return loss, grads, inc
 
-    def accum_body(state: TrainState, acc, images, labels):
+    def add_microbatch(state: TrainState, acc, images, labels, norms: bool):
         loss, grads, inc = local_grads(state, images, labels)
         f32 = lambda t: jax.tree.map(lambda a: a.astype(jnp.float32)[None], t)  # noqa: E731
         grads, inc = f32(grads), f32(inc)
@@ -132,20 +148,27 @@ def _step_bodies(
             "stats": jax.tree.map(lambda a, i: mu * a + i, acc["stats"], inc),
             "loss": acc["loss"] + loss.astype(jnp.float32)[None],
         }
-        if measure_noise:  # |g_i|^2 of this device's microbatch gradient (b examples)
-            out["sq"] = acc["sq"] + _sq_norm(grads)[None]
+        if "sq" in acc:  # |g_i|^2 of this device's microbatch gradient (only in accum: final's is not needed)
+            out["sq"] = acc["sq"] + (_sq_norm(grads)[None] if norms else 0.0)
         return out
+
+    def accum_body(state: TrainState, acc, images, labels):
+        return add_microbatch(state, acc, images, labels, microbatch_norms)
 
     def apply_body(state: TrainState, acc, k, lr, momentum):
         local = jax.tree.map(lambda a: a[0], acc)
+        if measure_noise:  # |A_d|^2: this device's gradient sum over its k microbatches (k b examples)
+            local["sqd"] = _sq_norm(local["grads"])
         mean = _pmean(local, reduction)  # the one reduction of the step
         kf = k.astype(jnp.float32)
         grads = jax.tree.map(lambda g: g / kf, mean["grads"])
         loss = mean["loss"] / kf
         grad_norm = optax.tree.norm(grads)
         noise = {}
-        if measure_noise:  # McCandlish et al. 2018, A.1: squared norms at b = M / D and at B
-            noise = {"grad_sq_small": mean["sq"] / kf, "grad_sq_big": jnp.square(grad_norm)}
+        if measure_noise:  # McCandlish et al. 2018, A.1: squared norms at k b = B / D and at B
+            noise = {"grad_sq_device": mean["sqd"] / (kf * kf), "grad_sq_big": jnp.square(grad_norm)}
+            if microbatch_norms:  # the mean |g_i|^2 of the first k - 1 microbatches (b examples)
+                noise["grad_sq_micro"] = mean["sq"] / jnp.maximum(kf - 1.0, 1.0)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         opt_state = state.opt_state
         opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
@@ -165,7 +188,8 @@ def _step_bodies(
         return new_state, jax.tree.map(jnp.zeros_like, acc), metrics
 
     def final_body(state: TrainState, acc, images, labels, k, lr, momentum):
-        return apply_body(state, accum_body(state, acc, images, labels), k, lr, momentum)
+        # the last microbatch's |g_k|^2 is not added: the first k - 1 give the same expectation
+        return apply_body(state, add_microbatch(state, acc, images, labels, False), k, lr, momentum)
 
     return accum_body, final_body, apply_body
 
@@ -181,6 +205,7 @@ def build_programs(
     reduction: str = "flat",
     input_lut: np.ndarray | None = None,
     measure_noise: bool = False,
+    microbatch_norms: bool = False,
 ) -> TrainPrograms:
     """Build ``accum``, ``final``, ``apply``, ``evaluate`` and the zero factories for ``model``
     (``measure_noise``: the squared norms of the gradient noise scale in ``final``'s metrics)."""
@@ -189,7 +214,15 @@ def build_programs(
     n_dev = mesh.devices.size
     rep, shard = replicated(mesh), data_sharded(mesh)
     bodies = _step_bodies(
-        model, tx, num_classes, float(bn_momentum), label_smoothing, reduction, input_lut, measure_noise
+        model,
+        tx,
+        num_classes,
+        float(bn_momentum),
+        label_smoothing,
+        reduction,
+        input_lut,
+        measure_noise,
+        measure_noise and microbatch_norms,
     )
     accum_body, final_body, apply_body = bodies
     batch = (P(DATA), P(DATA))  # images, labels
@@ -227,7 +260,7 @@ def build_programs(
     def make_zeros(state: TrainState):
         z = lambda t: jax.tree.map(lambda a: jnp.zeros((n_dev,) + a.shape, jnp.float32), t)  # noqa: E731
         acc = {"grads": z(state.params), "stats": z(state.batch_stats), "loss": jnp.zeros((n_dev,), jnp.float32)}
-        if measure_noise:
+        if measure_noise and microbatch_norms:
             acc["sq"] = jnp.zeros((n_dev,), jnp.float32)
         return acc
 

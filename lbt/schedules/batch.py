@@ -70,3 +70,46 @@ def hybrid_batch(ideal_batch: float, max_global_batch: int | None, microbatch: i
     if max_global_batch is not None:
         b = min(b, max_global_batch)
     return b
+
+
+# ---------------------------------------------------------------------------------------------
+# Adaptive batch (schedule.batch.mode = "adaptive")
+
+
+def step_gain(current: int, candidate: int, b_simple: float) -> float:
+    """Predicted fractional gain in progress per optimizer step from growing B = ``current`` to
+    ``candidate``: (1 + B_simple / B) / (1 + B_simple / B') - 1.
+
+    McCandlish et al. 2018 (eq. 2.11): reaching a given loss takes S = S_min (1 + B_noise / B)
+    steps, so one step at B' does (1 + B_noise / B) / (1 + B_noise / B') steps' worth of progress at
+    B. This is also the ratio of Pollux's statistical efficiencies times B' / B (Qiao et al., OSDI
+    2021, section 3.1: efficiency (φ + B0) / (φ + B) with φ the noise scale) and AdaScale's gain
+    ratio (Johnson et al. 2020). ``inf`` B_simple: every example helps fully, the gain is B'/B - 1.
+    """
+    if not (0 < current <= candidate):
+        raise ValueError(f"need 0 < current <= candidate, got {current}, {candidate}")
+    if math.isinf(b_simple):
+        return candidate / current - 1.0
+    return (1.0 + b_simple / current) / (1.0 + b_simple / candidate) - 1.0
+
+
+def adaptive_batch(
+    current: int, b_simple: float | None, microbatch: int, max_global_batch: int, target: float, min_gain: float
+) -> int:
+    """The next B of the adaptive mode: the largest multiple of M at most
+    min(B_max, ``target`` × B_simple), if it is above ``current`` and its :func:`step_gain` is at
+    least ``min_gain``; else ``current``. B never shrinks. Pure: the same inputs, the same B.
+
+    With ``target`` = 1 the batch approaches McCandlish et al.'s critical batch B_crit ≈ B_noise,
+    past which a larger batch costs examples faster than it saves steps (2018, section 2.3:
+    at B = B_noise both steps and examples are twice their minimum). ``min_gain`` (Pollux's
+    re-allocation threshold, 5%) stops changes that buy too little. A non-finite B_simple (the
+    smoothed |G|^2 not yet positive) changes nothing.
+    """
+    if b_simple is None or not math.isfinite(b_simple) or b_simple <= 0:  # no usable measurement yet
+        return current
+    limit = min(max_global_batch, target * b_simple)
+    candidate = floor_to_multiple(limit, microbatch)
+    if candidate <= current:
+        return current
+    return candidate if step_gain(current, candidate, b_simple) >= min_gain else current

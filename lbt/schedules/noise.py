@@ -98,6 +98,31 @@ def b_simple(grad_sq_small: float, grad_sq_big: float, batch_small: int, batch_b
     return b_simple_from_stats(*gradient_stats(grad_sq_small, grad_sq_big, batch_small, batch_big))
 
 
+def microbatch_stats(
+    grad_sq_micro: float, grad_sq_device: float, grad_sq_big: float, k: int, global_batch: int
+) -> tuple[float, float]:
+    """Unbiased ``(|G|^2, tr(Σ))`` from the microbatches inside each device, for layouts where the
+    devices' gradients are not independent (cross-replica ghost BN, G > b) or there is one device.
+
+    McCandlish et al.'s two-batch estimator (2018, A.1) applied within a device: its k microbatch
+    gradients g_i (each its share of a ghost group) are independent, with mean G and some
+    covariance C, so ``grad_sq_micro`` = mean |g_i|^2 has expectation |G|^2 + tr(C) and
+    ``grad_sq_device`` = |mean_i g_i|^2 (averaged over devices) |G|^2 + tr(C)/k::
+
+        |G|^2 ≈ (k Q - S) / (k - 1)
+        tr(Σ) ≈ B (|G_B|^2 - |G|^2)          (E |G_B|^2 = |G|^2 + tr(Σ)/B)
+
+    with S = ``grad_sq_micro``, Q = ``grad_sq_device``, |G_B|^2 = ``grad_sq_big``. C is not needed,
+    so the shares' correlation inside a ghost group does not bias the result; Σ is per example
+    (for ghost groups of G examples, G times a group gradient's covariance). On one device
+    (Q = |G_B|^2) this is :func:`gradient_stats` with b = B / k. Needs k >= 2.
+    """
+    if k < 2:
+        raise ValueError(f"need k >= 2 microbatches, got {k}")
+    g2 = (k * grad_sq_device - grad_sq_micro) / (k - 1)
+    return g2, global_batch * (grad_sq_big - g2)
+
+
 # ---------------------------------------------------------------------------------------------
 # Smoothing and reading the measurement
 

@@ -57,7 +57,7 @@ from lbt.schedules.noise import DEFAULT_REGIME_FACTOR, noise_scale_overstatement
 from lbt.schedules.noise import noise_scale as _noise_scale
 from lbt.schedules.noise import noise_scale_exact as _noise_scale_exact
 
-BATCH_MODES = ("decay_lr", "increase_batch", "hybrid", "increase_lr", "increase_momentum")
+BATCH_MODES = ("decay_lr", "increase_batch", "hybrid", "increase_lr", "increase_momentum", "adaptive")
 #: Modes that grow B where the LR schedule decays (need a decaying LR schedule).
 GROWTH_MODES = ("increase_batch", "hybrid", "increase_lr", "increase_momentum")
 
@@ -90,8 +90,17 @@ def default_schedule_config() -> ml_collections.ConfigDict:
       range_mode: linear | exp: ``range_test`` (Smith 2017, section 3.3) rises from base_lr to
         max_lr over step_size iterations (then stays at max_lr); ``lbt lr-range-test`` sets it.
     ``batch``:
-      mode: decay_lr | increase_batch | hybrid | increase_lr | increase_momentum.
-      max_global_batch (int): B_max; 0 = N/10 rounded down to a multiple of M for hybrid, no cap
+      mode: decay_lr | increase_batch | hybrid | increase_lr | increase_momentum | adaptive.
+        ``adaptive``: the plan is the decay_lr reference (B0, ε_ref); the trainer grows B from the
+        measured noise scale (lbt.train.adaptive, docs/schedules.md) with ε = ε_ref · B / B0.
+      adapt_every_steps (int >= 1): adaptive: a decision after every step j with
+        (j + 1) % adapt_every_steps == 0, from the noise-scale EMA after step j; it applies from
+        step j + 2 (default 10).
+      adapt_target (float > 0): adaptive: B grows towards adapt_target × B_simple (default 1: the
+        critical batch, McCandlish et al. 2018, section 2.3), never past B_max.
+      adapt_min_gain (float >= 0): adaptive: grow only when the predicted gain in progress per step
+        (lbt.schedules.batch.step_gain) is at least this (default 0.05, Pollux's threshold).
+      max_global_batch (int): B_max; 0 = N/10 rounded down to a multiple of M for hybrid and adaptive, no cap
         for the other modes (N rounded down for cosine growth, which needs a finite cap).
       rounding: error | down | nearest: what to do when a batch is not a multiple of M
         (the learning rate then absorbs the difference so g is kept).
@@ -133,6 +142,9 @@ def default_schedule_config() -> ml_collections.ConfigDict:
     s.batch.lr_factor = 1.0
     s.batch.final_momentum = 0.98
     s.batch.regime_factor = DEFAULT_REGIME_FACTOR
+    s.batch.adapt_every_steps = 10
+    s.batch.adapt_target = 1.0
+    s.batch.adapt_min_gain = 0.05
     s.momentum_schedule = ml_collections.ConfigDict()
     s.momentum_schedule.milestones = ()
     s.momentum_schedule.values = ()
@@ -498,7 +510,19 @@ def _resolve_mode(s: ml_collections.ConfigDict, mode: str, name: str) -> tuple[f
             "schedule.batch.mode",
             f"{mode!r} mirrors a decaying LR schedule (constant, step or cosine), but schedule.lr.name is {name!r}; use batch.mode='decay_lr' for cyclical schedules",
         )
+    if mode == "adaptive":
+        _check_adaptive(bc)
     return momentum, init_scale, init_field
+
+
+def _check_adaptive(bc: ml_collections.ConfigDict) -> None:
+    every, target, gain = bc.get("adapt_every_steps", 10), bc.get("adapt_target", 1.0), bc.get("adapt_min_gain", 0.05)
+    if not _int(every) or every < 1:
+        raise ConfigError("schedule.batch.adapt_every_steps", f"must be an int >= 1, got {every!r}; e.g. 10")
+    if not _num(target) or not 0 < target < math.inf:
+        raise ConfigError("schedule.batch.adapt_target", f"must be a number > 0, got {target!r}; e.g. 1.0")
+    if not _num(gain) or not 0 <= gain < math.inf:
+        raise ConfigError("schedule.batch.adapt_min_gain", f"must be a number >= 0, got {gain!r}; e.g. 0.05")
 
 
 def _resolve_cap(
@@ -515,7 +539,7 @@ def _resolve_cap(
     cap: int | None = None
     if bc.max_global_batch:
         cap = batch_lib.round_to_multiple(bc.max_global_batch, M, rounding, "schedule.batch.max_global_batch")
-    elif mode == "hybrid":
+    elif mode in ("hybrid", "adaptive"):
         cap = max(batch_lib.default_max_global_batch(N, M), B_init)
     elif mode in GROWTH_MODES and name == "cosine":
         cap = max(batch_lib.floor_to_multiple(N, M), B_init)
@@ -548,6 +572,11 @@ def _resolve_momentum_schedule(
         )
     if not ms:
         return (), (), ()
+    if mode == "adaptive":
+        raise ConfigError(
+            "schedule.momentum_schedule",
+            "cannot be combined with batch.mode='adaptive' (whose B follows the measured noise scale at a fixed m); clear momentum_schedule",
+        )
     if mode == "increase_momentum":
         raise ConfigError(
             "schedule.momentum_schedule",
@@ -629,7 +658,7 @@ def _batch_and_scale(spec: _Spec, s: int) -> tuple[int, Fraction, float]:
     """(B, ε multiplier, m) at examples_seen s for the spec's mode; keeps g of the reference."""
     m, mscale, j = _momentum_at(spec, s)
     mfield = "schedule.momentum_schedule.values"
-    if spec.mode == "decay_lr":
+    if spec.mode in ("decay_lr", "adaptive"):  # adaptive: the reference; the trainer grows B
         decay = lr_lib.step_decay_multiplier(s, spec.milestones, spec.factor) if spec.name == "step" else Fraction(1)
         if not j:
             return spec.B0, decay, m

@@ -73,12 +73,10 @@ def analyse(records: list[dict[str, Any]]) -> dict[str, Any]:
 
     traces, g2s = [], []
     for r in records:
-        if r.get("skipped_nonfinite") or "grad_sq_norm_small" not in r:
+        if r.get("skipped_nonfinite") or r.get("noise_g2_step") is None:
             continue
-        est = noise_lib.step_estimates(
-            r["grad_sq_norm_small"], r["grad_sq_norm_big"], r["noise_batch_small"], r["noise_batch_big"]
-        )
-        if est is not None and all(math.isfinite(v) for v in est):
+        est = r["noise_g2_step"], r["noise_trace_step"]  # the step's unbiased |G|^2 and tr(Σ)
+        if all(math.isfinite(v) for v in est):
             g2s.append(est[0])
             traces.append(est[1])
     if not traces:

@@ -60,11 +60,13 @@ from typing import Any
 log = logging.getLogger("lbt")
 
 PLANS = ("decay_lr", "increase_batch", "hybrid")
+#: The digits and mnist suites also train lbt's adaptive batch (schedule.batch.mode='adaptive').
+ADAPTIVE = "adaptive"
 SUITES = ("digits", "mnist", "cifar10")
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
 DEFAULT_MNIST = REPO.parent / "shared" / "data" / "mnist10k.npz"
-PLAN_COLORS = {"decay_lr": "tab:blue", "increase_batch": "tab:orange", "hybrid": "tab:green"}
+PLAN_COLORS = {"decay_lr": "tab:blue", "increase_batch": "tab:orange", "hybrid": "tab:green", "adaptive": "tab:red"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,6 +107,14 @@ def _largest_batch(config) -> int:
     return N // M * M
 
 
+def _adaptive_start(c: Any) -> None:
+    """The adaptive plan starts at B0 = 2M with 2ε0: the same noise scale g as the reference, at
+    the smallest batch where one device measures the noise scale (k = 2: the microbatches
+    estimator; at k = 1 one device sees one batch size only). B_max is the default N/10."""
+    c.schedule.global_batch = 2 * int(c.train.global_microbatch)
+    c.schedule.base_lr = 2 * float(c.schedule.base_lr)
+
+
 def suite_configs(
     suite: str,
     *,
@@ -115,7 +125,8 @@ def suite_configs(
     """The config of each plan of ``suite`` (``{plan: ConfigDict}``), same epochs for all.
 
     digits / mnist: the suite's base config with ``schedule.batch.mode`` set per plan (hybrid uses
-    the default B_max = N/10 rounded down to a multiple of M). cifar10: the three recipe files,
+    the default B_max = N/10 rounded down to a multiple of M), and the ``adaptive`` plan
+    (:func:`_adaptive_start`). cifar10: the three recipe files,
     unchanged except ``dataset.data_dir = data`` when ``data`` is given.
     ``eval_every_epochs`` defaults to the config's own value.
     """
@@ -142,13 +153,15 @@ def suite_configs(
             with base.unlocked():
                 base.dataset.path = str(path)
         configs = {}
-        for p in PLANS:
+        for p in (*PLANS, ADAPTIVE):
             c = base.copy_and_resolve_references()
             with c.unlocked():
                 c.schedule.batch.mode = p
                 c.name = f"{base.name}_{p}"
                 if p == "increase_batch":  # B may not exceed N: cap it there, ε absorbs the rest (g kept)
                     c.schedule.batch.max_global_batch = _largest_batch(c)
+                if p == ADAPTIVE:
+                    _adaptive_start(c)
             configs[p] = c
     out = {}
     for p, c in configs.items():
@@ -576,7 +589,9 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("seeds", f"must be >= 1, got {args.seeds}")
     configs = suite_configs(args.suite, epochs=args.epochs, data=args.data, eval_every_epochs=args.eval_every_epochs)
     t0 = time.time()
-    results = run_suite(args.suite, seeds=args.seeds, workdir=args.workdir, reuse=args.reuse, configs=configs)
+    results = run_suite(
+        args.suite, seeds=args.seeds, workdir=args.workdir, reuse=args.reuse, configs=configs, plans=tuple(configs)
+    )
     wall = time.time() - t0
     command = "lbt reproduce " + " ".join(argv)
     md, png = report(results, args.out, command=command, wall_s=wall)

@@ -27,11 +27,12 @@ from lbt import config as config_lib
 from lbt import storage
 from lbt.data.pipeline import TrainStream, prefetch_to_devices
 from lbt.data.registry import load_splits, train_size
-from lbt.errors import TrainingError
+from lbt.errors import ConfigError, TrainingError
 from lbt.models import build_model
 from lbt.parallel.accumulate import TrainPrograms, build_programs
 from lbt.parallel.mesh import data_sharded, global_batch_array, make_mesh
 from lbt.schedules.plan import Plan, PlanPoint, plan_warnings
+from lbt.train.adaptive import AdaptiveBatch
 from lbt.train.checkpoint import (
     Checkpointer,
     CheckpointError,
@@ -52,7 +53,7 @@ from lbt.train.metrics import (
     write_json,
     write_text_atomic,
 )
-from lbt.train.noise_scale import NoiseScaleMonitor, unmeasurable_reason
+from lbt.train.noise_scale import NoiseScaleMonitor, across_devices, unmeasurable_reason
 from lbt.train.optim import make_optimizer
 from lbt.train.perf import Profiler, flops_per_example, mfu, peak_flops
 from lbt.train.state import TrainState, abstract_state, init_state_fn
@@ -72,6 +73,11 @@ class RunState:
     skip_windows: list[list[int]] = dataclasses.field(default_factory=list)
     rollbacks: int = 0
     noise: NoiseScaleMonitor | None = None  # B_simple's EMAs (None: train.measure_noise_scale off)
+
+    @property
+    def adaptive(self) -> AdaptiveBatch | None:
+        """The adaptive batch's decisions (schedule.batch.mode='adaptive'), kept by the monitor."""
+        return self.noise.adaptive if self.noise is not None else None
 
     def skipped_examples(self) -> int:
         return sum(w[1] - w[0] for w in self.skip_windows)
@@ -132,8 +138,13 @@ class Trainer:
         self.mesh = make_mesh(devices)
         self.model = build_model(config, self.splits.num_classes, self.num_devices)
         self.tx = make_optimizer(config)
+        G = int(config.model.ghost_batch_size)
+        max_k = max(p.global_batch for p in self.plan.phases) // self.M
+        if self.plan.mode == "adaptive":
+            max_k = self.plan.max_global_batch // self.M
+            _check_adaptive_layout(config, self.M, self.num_devices)
         #: why the gradient noise scale is not measured (None: it is, or it is switched off)
-        self.noise_unmeasurable = unmeasurable_reason(config.model.ghost_batch_size, self.M, self.num_devices)
+        self.noise_unmeasurable = unmeasurable_reason(G, self.M, self.num_devices, max_k)
         self.measure_noise = bool(config.train.measure_noise_scale) and self.noise_unmeasurable is None
         self._init_fn: Callable[[], TrainState] | None = None
         # uint8 on the wire, normalised on the device; injected NaN images need the float32 wire
@@ -148,6 +159,7 @@ class Trainer:
             reduction=grad_reduction(config),
             input_lut=self.splits.train.input_lut if self.raw else None,
             measure_noise=self.measure_noise,
+            microbatch_norms=not across_devices(G, self.M, self.num_devices),
         )
         process = jax.process_index(), jax.process_count()
         self.stream = TrainStream(self.splits.train, config.seed, self.M, *process, raw=self.raw)
@@ -169,10 +181,11 @@ class Trainer:
             while rs.examples_seen < total:
                 if self._skip_bad_window(rs, io):
                     continue
-                point = self.plan.at(rs.examples_seen)
+                point = self._point(rs)
                 compiled = self._train_step(rs, io, point)
                 io.clock.step(point.global_batch, compiled)
                 sync = rs.step % self.config.train.log_every_steps == 0 or rs.examples_seen >= total
+                sync = sync or (rs.adaptive is not None and rs.adaptive.needs_read(rs.step))
                 eval_due = io.evals.due(rs.examples_seen, total)
                 full = (
                     eval_due
@@ -204,6 +217,11 @@ class Trainer:
 
     # -------------------------------------------------------------------------------------
     # Pieces of a step
+
+    def _point(self, rs: RunState) -> PlanPoint:
+        """B, ε, m of the next step: the plan's, or the adaptive batch's on the plan's reference."""
+        point = self.plan.at(rs.examples_seen)
+        return point if rs.adaptive is None else rs.adaptive.point(point, rs.step + 1)
 
     def _train_step(self, rs: RunState, io: _Io, point: PlanPoint) -> bool:
         """k ``accum`` calls and one ``apply``; queue the step's record. True if it compiled."""
@@ -431,8 +449,12 @@ class Trainer:
         if not self.measure_noise:
             return None
         state = (meta or {}).get("noise_scale")
-        b = self.M // self.num_devices
-        return NoiseScaleMonitor(b, cfg.train.noise_scale_ema, cfg.schedule.batch.regime_factor, state)
+        G, beta, factor = int(cfg.model.ghost_batch_size), cfg.train.noise_scale_ema, cfg.schedule.batch.regime_factor
+        adaptive = None
+        if self.plan.mode == "adaptive":
+            saved = (state or {}).get("adaptive")
+            adaptive = AdaptiveBatch(self.plan, cfg.schedule.batch, self.plan.phases[0].global_batch, saved)
+        return NoiseScaleMonitor(self.num_devices, self.M, G, beta, factor, state, adaptive=adaptive)
 
     def _open_io(self, stack: contextlib.ExitStack, ckpt: Checkpointer, rs: RunState, resumed: bool) -> _Io:
         """Open the run's services (closed by ``stack``) and log the start or the resume."""
@@ -459,8 +481,20 @@ class Trainer:
             self.plan.total_steps(),
             self.plan.total_examples,
         )
+        if rs.adaptive is not None:
+            log.info(
+                "adaptive batch: B from %d up to B_max = %d (adapt_target %g x B_simple, gain >= %g), "
+                "ε = ε_ref x B / %d; the step count above is the reference's",
+                rs.adaptive.batch_for(rs.step + 1),
+                rs.adaptive.B_max,
+                rs.adaptive.target,
+                rs.adaptive.min_gain,
+                rs.adaptive.B0,
+            )
         for line in plan_warnings(self.plan):
             log.warning("plan: %s", line)
+        if rs.noise is not None:
+            log.info("gradient noise scale: the %s estimator", rs.noise.estimator)
         if self.config.train.measure_noise_scale and self.noise_unmeasurable:
             log.info("gradient noise scale not measured: %s", self.noise_unmeasurable)
         progress = _progress(self.total_examples, rs.examples_seen, self.primary and self.config.train.progress)
@@ -577,6 +611,8 @@ class Trainer:
                 # the smoothed gradient noise scale at the end (McCandlish et al. 2018), and its steps
                 "noise_scale_simple": rs.noise.b_simple if rs.noise is not None else None,
                 "noise_scale_steps": rs.noise.ema.count if rs.noise is not None else 0,
+                # the adaptive batch's (first step, B) decisions
+                "adaptive_batch": rs.adaptive.state_dict()["decisions"] if rs.adaptive is not None else None,
             }
         )
 
@@ -618,6 +654,24 @@ class Trainer:
                 ev["loss"],
             )
         return ev
+
+
+def _check_adaptive_layout(config, M: int, num_devices: int) -> None:
+    """batch.mode='adaptive' needs the noise scale from its first steps on."""
+    if not config.train.measure_noise_scale:
+        raise ConfigError(
+            "train.measure_noise_scale",
+            "is off, but schedule.batch.mode='adaptive' chooses B from the measured noise scale; set it to true",
+        )
+    B0 = int(config.schedule.global_batch)
+    if not across_devices(int(config.model.ghost_batch_size), M, num_devices) and B0 < 2 * M:
+        raise ConfigError(
+            "schedule.global_batch",
+            f"is {B0} = M with {num_devices} device(s) and ghost batch {config.model.ghost_batch_size or M} "
+            f"(b = M/D = {M // num_devices}), so no step of schedule.batch.mode='adaptive' can measure the noise scale "
+            f"and B would never grow; use global_batch >= {2 * M}, or ghost_batch_size <= {M // num_devices} on "
+            "more than one device",
+        )
 
 
 def grad_reduction(config) -> str:

@@ -49,7 +49,7 @@ def _plan(**batch):
     return c, make_plan(c, 1438)
 
 
-def test_decisions_apply_two_steps_later_keep_g_and_round_trip():
+def test_decisions_apply_two_steps_later_keep_g_and_round_trip_through_json():
     c, plan = _plan(adapt_every_steps=5, max_global_batch=256)
     assert plan.max_global_batch == 256 and [p.global_batch for p in plan.phases] == [64, 64, 64]  # the reference
     a = AdaptiveBatch(plan, c.schedule.batch, 64)
@@ -66,8 +66,6 @@ def test_decisions_apply_two_steps_later_keep_g_and_round_trip():
     assert a.point(ref, 5) is ref
     again = AdaptiveBatch(plan, c.schedule.batch, 64, json.loads(json.dumps(a.state_dict())))
     assert again.decisions == a.decisions == [(1, 64), (6, 192)]
-    again.truncate(4)  # a rollback to step 4 forgets the decision for step 6
-    assert again.decisions == [(1, 64)]
 
 
 @pytest.mark.parametrize(

@@ -23,12 +23,13 @@ from lbt.train.optim import make_optimizer
 from lbt.train.state import TrainState
 
 
-def test_step_estimates_are_exact_on_the_expected_norms():
+def test_gradient_stats_are_exact_on_the_expected_norms():
     """E|G_b|^2 = |G|^2 + tr(Σ)/b at both batch sizes: the estimators return |G|^2 and tr(Σ) exactly."""
     g2, trace, b, B = 0.37, 12.5, 8, 64
-    got = noise_lib.step_estimates(g2 + trace / b, g2 + trace / B, b, B)
+    got = noise_lib.gradient_stats(g2 + trace / b, g2 + trace / B, b, B)
     assert got == pytest.approx((g2, trace), rel=1e-12)
-    assert noise_lib.step_estimates(1.0, 1.0, 64, 64) is None  # one device, one microbatch: one batch size
+    with pytest.raises(ValueError, match="batch_small < batch_big"):  # one batch size: no estimate
+        noise_lib.gradient_stats(1.0, 1.0, 64, 64)
 
 
 def test_ema_is_bias_corrected_skips_non_finite_and_round_trips_through_json():

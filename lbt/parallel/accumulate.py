@@ -149,7 +149,7 @@ def _step_bodies(
             "loss": acc["loss"] + loss.astype(jnp.float32)[None],
         }
         if "sq" in acc:  # |g_i|^2 of this device's microbatch gradient (only in accum: final's is not needed)
-            out["sq"] = acc["sq"] + (_sq_norm(grads)[None] if norms else 0.0)
+            out["sq"] = acc["sq"] + _sq_norm(grads)[None] if norms else acc["sq"]
         return out
 
     def accum_body(state: TrainState, acc, images, labels):

@@ -183,16 +183,6 @@ class NoiseScaleEMA:
         return cls(float(beta), float(d["g2"]), float(d["trace"]), int(d["count"]))
 
 
-def step_estimates(
-    grad_sq_small: float, grad_sq_big: float, batch_small: int, batch_big: int
-) -> tuple[float, float] | None:
-    """``(|G|^2, tr(Σ))`` of one step (:func:`gradient_stats`), or None when the step saw only one
-    batch size (``batch_small == batch_big``: one device and one microbatch)."""
-    if batch_small >= batch_big:
-        return None
-    return gradient_stats(grad_sq_small, grad_sq_big, batch_small, batch_big)
-
-
 def ratio_estimate(traces: Sequence[float], g2s: Sequence[float]) -> tuple[float, float]:
     """B_simple over a window of steps as the ratio of the means, mean(tr Σ) / mean(|G|^2), and its
     standard error by the delta method, treating the steps as independent::

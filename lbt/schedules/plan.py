@@ -516,7 +516,7 @@ def _resolve_mode(s: ml_collections.ConfigDict, mode: str, name: str) -> tuple[f
 
 
 def _check_adaptive(bc: ml_collections.ConfigDict) -> None:
-    every, target, gain = bc.get("adapt_every_steps", 10), bc.get("adapt_target", 1.0), bc.get("adapt_min_gain", 0.05)
+    every, target, gain = bc.adapt_every_steps, bc.adapt_target, bc.adapt_min_gain
     if not _int(every) or every < 1:
         raise ConfigError("schedule.batch.adapt_every_steps", f"must be an int >= 1, got {every!r}; e.g. 10")
     if not _num(target) or not 0 < target < math.inf:

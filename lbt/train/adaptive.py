@@ -56,10 +56,6 @@ class AdaptiveBatch:
     def state_dict(self) -> dict[str, Any]:
         return {"decisions": [list(d) for d in self.decisions]}
 
-    def truncate(self, step: int) -> None:
-        """Forget decisions that apply after ``step`` (a rollback to ``step``)."""
-        self.decisions = [d for d in self.decisions if d[0] <= step + 1] or [(1, self.B0)]
-
     def batch_for(self, step: int) -> int:
         """B of optimizer step ``step`` (1-based)."""
         B = self.B0

@@ -17,7 +17,7 @@ from lbt import cli
 from lbt.config import base_config
 from lbt.errors import TrainingError
 from lbt.train import metrics as metrics_lib
-from lbt.train.checkpoint import SavePolicy, checkpoint_interval, next_multiple
+from lbt.train.checkpoint import Checkpointer, SavePolicy, checkpoint_interval, next_multiple
 from lbt.train.compiles import CompileCounter
 from lbt.train.evaluate import EvalSchedule, eval_interval
 from lbt.train.loop import Trainer
@@ -271,3 +271,51 @@ def _tiny_ckpt(epochs: float, digest: bool = True) -> ml_collections.ConfigDict:
     c.checkpoint.every_epochs = 0.5
     c.checkpoint.digest = digest
     return c
+
+
+def test_step_scalars_stay_on_the_device_until_a_value_changes():
+    """The step's (k, lr, momentum) are sent once and reused while unchanged (a float32 change of
+    the LR is a change; a float64 difference below float32's resolution is not)."""
+    from lbt.parallel.mesh import StepScalars, make_mesh
+
+    mesh = make_mesh()
+    scalars = StepScalars(mesh)
+    first = scalars(2, 0.1, 0.9)
+    assert scalars(2, 0.1, 0.9) is first
+    assert scalars(2, 0.1 + 1e-12, 0.9) is first  # the same float32
+    assert [np.asarray(a).dtype for a in first] == [np.int32, np.float32, np.float32]
+    assert [np.asarray(a).item() for a in first] == [2, np.float32(0.1), np.float32(0.9)]
+    assert all(a.sharding.is_fully_replicated and len(a.sharding.device_set) == jax.device_count() for a in first)
+    changed = scalars(2, 0.05, 0.9)
+    assert changed is not first and np.asarray(changed[1]).item() == np.float32(0.05)
+    assert scalars(4, 0.05, 0.9)[0].item() == 4
+
+
+def t_N(c) -> int:
+    from lbt.data.registry import train_size
+
+    return train_size(c)
+
+
+def test_an_lr_that_changes_every_step_compiles_the_step_once(tmp_path):
+    """Warmup sends new device scalars at every step: still one compilation of each program, and the
+    records carry the plan's LR of every step."""
+    c = base_config()
+    c.model.width = 8
+    c.schedule.epochs = 2.0
+    c.schedule.lr.milestones = ()
+    c.schedule.lr.warmup_epochs = 1.0
+    c.schedule.batch.mode = "decay_lr"
+    c.train.progress = False
+    c.train.eval_every_epochs = 0.0
+    t = Trainer(c, tmp_path, stop_at_examples=int(0.5 * t_N(c)))  # stop in the middle of the warmup
+    summary = t.run()
+    restored, meta = t._resume(Checkpointer(tmp_path))
+    records = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "microbatches" in r]  # train records
+    # the device used the newest LR (the optimizer state holds the one of the last update)
+    assert float(restored.opt_state.hyperparams["learning_rate"]) == np.float32(records[-1]["lr"]) > 0
+    lrs = [r["lr"] for r in records]
+    uses_accum = max(r["microbatches"] for r in records) > 1
+    assert summary["train_compilations"] == (2 if uses_accum else 1)  # final (and accum): once each
+    assert len(set(lrs[: len(lrs) // 2])) == len(lrs) // 2  # a new LR at every warmup step
+    assert lrs == [t.plan.at(r["examples_seen"] - r["global_batch"]).lr for r in records]

@@ -295,3 +295,44 @@ def test_tensorboard_gets_every_log_step_the_end_of_a_full_flush_and_nonfinite_s
     assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == list(range(1, 9))
     events = [(tb_step, v["train/step"], v["train/loss"]) for tb_step, v in tb_scalars(tmp_path / "tb")]
     assert events == [(30, 3.0, 3.0), (60, 6.0, 6.0), (70, 7.0, 7.0), (80, 8.0, 8.0)]
+
+
+def test_write_many_is_one_append_in_order_and_a_failed_one_removes_all_of_it(tmp_path, monkeypatch):
+    """A metrics flush's records (and their events) go out in one ``os.write``, in order, TensorBoard
+    only for the entries with a step; a write that fails half-way leaves the file as it was."""
+    import errno
+    import os as os_module
+
+    import lbt.train.metrics as metrics_module
+
+    w = MetricsWriter(tmp_path)
+    w.write({"step": 0, "examples_seen": 0})
+    calls = []
+    real_write = os_module.write
+
+    def counting(fd, data):
+        calls.append(len(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(metrics_module.os, "write", counting)
+    entries = [({"step": 1, "examples_seen": 10, "loss": 0.5}, 10, "train/"), ({"event": "x", "step": 1}, None, "")]
+    entries.append(({"step": 2, "examples_seen": 20, "loss": 0.25}, None, "train/"))
+    w.write_many(entries)
+    assert len(calls) == 1
+    path = tmp_path / "metrics.jsonl"
+    assert [r.get("event", r["step"]) for r in read_jsonl(path)] == [0, 1, "x", 2]
+    before = path.read_bytes()
+
+    def half_then_full(fd, data):
+        if len(data) > 8:
+            real_write(fd, bytes(data[: len(data) // 2]))
+            return len(data) // 2
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(metrics_module.os, "write", half_then_full)
+    with pytest.raises(TrainingError, match="could not append"):
+        w.write_many([({"step": 3, "examples_seen": 30, "pad": "x" * 50}, 30, "train/")] * 3)
+    assert path.read_bytes() == before
+    monkeypatch.setattr(metrics_module.os, "write", real_write)
+    w.close()
+    assert [(s, v["train/loss"]) for s, v in tb_scalars(tmp_path / "tb")] == [(10, 0.5)]

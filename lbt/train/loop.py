@@ -30,7 +30,7 @@ from lbt.data.registry import load_splits, train_size
 from lbt.errors import ConfigError, TrainingError
 from lbt.models import build_model
 from lbt.parallel.accumulate import TrainPrograms, build_programs
-from lbt.parallel.mesh import data_sharded, global_batch_array, make_mesh
+from lbt.parallel.mesh import StepScalars, data_sharded, global_batch_array, make_mesh
 from lbt.schedules.plan import Plan, PlanPoint, plan_warnings
 from lbt.train.adaptive import AdaptiveBatch
 from lbt.train.checkpoint import (
@@ -136,6 +136,7 @@ class Trainer:
             raise TrainingError(f"the train split has {len(self.splits.train)} examples, expected N={self.N}")
         self.M = int(config.train.global_microbatch)
         self.mesh = make_mesh(devices)
+        self._scalars = StepScalars(self.mesh)
         self.model = build_model(config, self.splits.num_classes, self.num_devices)
         self.tx = make_optimizer(config)
         G = int(config.model.ghost_batch_size)
@@ -232,7 +233,7 @@ class Trainer:
         with self.counter.training():
             for _ in range(k - 1):
                 rs.acc = self.programs.accum(rs.train_state, rs.acc, *next(io.batches))
-            hyper = np.int32(k), np.float32(point.lr), np.float32(point.momentum)
+            hyper = self._scalars(k, point.lr, point.momentum)  # on the device; re-sent only on a change
             rs.train_state, rs.acc, dev_metrics = self.programs.final(
                 rs.train_state, rs.acc, *next(io.batches), *hyper
             )

@@ -220,8 +220,9 @@ class MetricsWriter:
     """Appends records to ``workdir/metrics.jsonl`` and scalars to ``workdir/tb``.
 
     Opening cuts off a partial last line left by an interrupted write (:func:`repair_tail`).
-    Each record is one unbuffered ``write``; if it fails (e.g. the disk is full) the partial
-    record is removed again and :class:`MetricsFileError` is raised.
+    Each :meth:`write` (or :meth:`write_many`: a metrics flush's records together) is one
+    unbuffered append; if it fails (e.g. the disk is full) what it wrote is removed again and
+    :class:`MetricsFileError` is raised.
     """
 
     def __init__(self, workdir: str | Path, enabled: bool = True, tensorboard: bool = True):
@@ -260,12 +261,21 @@ class MetricsWriter:
             ) from e
 
     def write(self, record: dict[str, Any], tb_step: int | None = None, prefix: str = "") -> None:
-        if not self.enabled:
+        """One record (and, with ``tb_step``, its numbers as one TensorBoard event)."""
+        self.write_many([(record, tb_step, prefix)])
+
+    def write_many(self, entries: list[tuple[dict[str, Any], int | None, str]]) -> None:
+        """``(record, tb_step, prefix)`` entries in order, as one append: one ``write`` system
+        call for a whole metrics flush instead of an ``fstat`` and a ``write`` per record. A failed
+        append removes all of them again (and raises :class:`MetricsFileError`)."""
+        if not self.enabled or not entries:
             return
-        rec = {k: _clean(v) for k, v in record.items()}
-        self._append((json.dumps(rec) + "\n").encode())
-        if self._tb is not None and tb_step is not None:
-            self._write_tb(rec, tb_step, prefix)
+        cleaned = [({k: _clean(v) for k, v in r.items()}, tb, prefix) for r, tb, prefix in entries]
+        self._append("".join(json.dumps(r) + "\n" for r, _, _ in cleaned).encode())
+        if self._tb is not None:
+            for rec, tb_step, prefix in cleaned:
+                if tb_step is not None:
+                    self._write_tb(rec, tb_step, prefix)
 
     def _write_tb(self, rec: dict[str, Any], step: int, prefix: str) -> None:
         """All of a record's numbers as one TensorBoard ``Summary`` (one event), not one
@@ -499,6 +509,7 @@ class PendingMetrics:
         values = host_values([dev for _, dev in items])  # one transfer for all read steps
         if items and self.on_read is not None:
             extra = {**(extra or {}), **self.on_read()}
+        out: list[tuple[dict[str, Any], int | None, str]] = []  # written in one append
         for i, ((rec, _), dev) in enumerate(zip(items, values)):
             rec.update(loss=float(dev["loss"]), grad_norm=float(dev["grad_norm"]))
             rec["skipped_nonfinite"] = not bool(dev["finite"])
@@ -506,12 +517,12 @@ class PendingMetrics:
             rec.update(extra or {})
             closes_full_flush = keep == 0 and i == len(items) - 1
             tb = rec["step"] % self.tb_every == 0 or closes_full_flush or rec["skipped_nonfinite"]
-            self.writer.write(rec, tb_step=rec["examples_seen"] if tb else None, prefix="train/")
-            for event in events:
-                self.writer.write(event)
+            out.append((rec, rec["examples_seen"] if tb else None, "train/"))
+            out.extend((event, None, "") for event in events)
             if rec["skipped_nonfinite"]:
                 bad = rec
                 break
+        self.writer.write_many(out)
         if items and self.progress is not None:
             last = bad or items[-1][0]
             self.progress.set_postfix(loss=f"{last['loss']:.4f}", B=last["global_batch"], lr=f"{last['lr']:.4g}")

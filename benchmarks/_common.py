@@ -69,3 +69,15 @@ def median(values: Sequence[float]) -> float:
 
 def rounded(values: Sequence[float], digits: int = 3) -> list[float]:
     return [round(v, digits) for v in values]
+
+
+def median_ci(values: Sequence[float], level: float = 0.95, resamples: int = 4000, seed: int = 0) -> list[float]:
+    """A bootstrap confidence interval of the median of ``values`` (percentile method; fixed seed, so
+    a JSON line is reproducible from its own numbers)."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size < 2:
+        return [float(x[0]), float(x[0])] if x.size else []
+    rng = np.random.default_rng(seed)
+    medians = np.median(x[rng.integers(0, x.size, size=(resamples, x.size))], axis=1)
+    lo, hi = np.quantile(medians, [(1 - level) / 2, (1 + level) / 2])
+    return [round(float(lo), 4), round(float(hi), 4)]

@@ -17,8 +17,9 @@ B = 512, k = 8; constant LR and B) it measures examples/s of
   Trainer once did; see docs/benchmarks.md.
 
 Repetitions are interleaved per case (trainer, minimal; then minimal, trainer; ...), each
-repetition's ratio trainer / minimal is paired, and every figure is a median. The headline
-``trainer_vs_minimal_loop`` is the lowest paired median over the cases (target >= 0.95).
+repetition's ratio trainer / minimal is paired, and every figure is a median, with a bootstrap 95%
+interval of that median (``*_ci95``). The headline ``trainer_vs_minimal_loop`` is the lowest paired
+median over the cases (target >= 0.95).
 ``trainer_vs_minimal_cpu``: the same comparison in process CPU time per step (every thread, the
 simulated devices included; minimal / trainer, so 1 = the Trainer costs no extra CPU), far less
 distorted than wall time when other jobs share the cores (the Trainer is wrapped only to read
@@ -32,7 +33,13 @@ minimal loop's; ``tqdm_update_us`` is the cost of one progress-bar update (off h
 ``metrics_write_us_per_record`` the cost of writing one train record (JSONL + TensorBoard, and
 JSONL alone), which the Trainer does once per step and the minimal loop not at all.
 
-    python benchmarks/loop_overhead.py [--reps 7] [--steps 300,80] [--quick]
+``--split-cores`` pins XLA's threads (the simulated devices) to every core but the last and the
+Python threads (loop, loader, prefetch) to the last one (:class:`CoreSplit`), before every timed
+run: the host's work then no longer takes CPU from the devices, as on an accelerator, where the
+loop's host work runs beside the device's. ``split_cores`` in the JSON says how many threads were
+pinned where, and whether XLA started any thread on the host core during a run.
+
+    python benchmarks/loop_overhead.py [--reps 7] [--steps 300,80] [--split-cores] [--quick]
 
 One JSON line on stdout.
 """
@@ -48,6 +55,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -63,7 +71,7 @@ runtime.setup(collective_timeout_s=600, warn_stuck_s=120)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from _common import median, rounded, run_info  # noqa: E402
+from _common import median, median_ci, rounded, run_info  # noqa: E402
 
 from lbt.config import base_config  # noqa: E402
 from lbt.data.registry import train_size  # noqa: E402
@@ -392,7 +400,56 @@ class Minimal:
 # -------------------------------------------------------------------------------------------
 
 
-def run_case(name: str, B: int, steps: int, reps: int, profile: bool, quick: bool = False) -> dict[str, Any]:
+class CoreSplit:
+    """``--split-cores``: XLA's threads (the simulated devices' compute) on all cores but the last,
+    Python's threads (the main loop, the loader and prefetch threads) on the last one. It takes
+    from the simulated devices the host CPU the loop uses, as an accelerator does: there the host
+    work runs beside the device's, not on its cores. Linux only (``sched_setaffinity`` per thread).
+    """
+
+    def __init__(self) -> None:
+        cores = sorted(os.sched_getaffinity(0))
+        if len(cores) < 2:
+            raise SystemExit("--split-cores needs at least 2 CPU cores")
+        self.device_cores, self.host_cores = set(cores[:-1]), {cores[-1]}
+        self.pinned = {"device": 0, "host": 0}
+        self.xla_threads_on_host_after_run = 0
+
+    @staticmethod
+    def _threads() -> tuple[set[int], set[int]]:
+        python = {t.native_id for t in threading.enumerate() if t.native_id is not None}
+        return {int(t) for t in os.listdir("/proc/self/task")} - python, python
+
+    def apply(self) -> None:
+        """Pin every thread as above (before each timed run: later threads inherit their creator's)."""
+        xla, python = self._threads()
+        for tids, cores, kind in ((xla, self.device_cores, "device"), (python, self.host_cores, "host")):
+            for tid in tids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.sched_setaffinity(tid, cores)
+            self.pinned[kind] = len(tids)
+
+    def check(self) -> None:
+        """Count threads XLA created during a run on the host core (they would distort the split)."""
+        xla, _ = self._threads()
+        on_host = 0
+        for tid in xla:
+            with contextlib.suppress(ProcessLookupError):
+                on_host += os.sched_getaffinity(tid) == self.host_cores
+        self.xla_threads_on_host_after_run = max(self.xla_threads_on_host_after_run, on_host)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "device_cores": sorted(self.device_cores),
+            "host_cores": sorted(self.host_cores),
+            "threads_pinned": dict(self.pinned),
+            "xla_threads_on_host_after_run": self.xla_threads_on_host_after_run,
+        }
+
+
+def run_case(
+    name: str, B: int, steps: int, reps: int, profile: bool, quick: bool = False, split: CoreSplit | None = None
+) -> dict[str, Any]:
     """``reps`` interleaved runs of each variant; the host profile from separate runs (``quick``: the
     profile comes from the timed runs themselves, one each, to save the Trainer's fixed cost)."""
     config = make_config(B, steps)
@@ -412,7 +469,11 @@ def run_case(name: str, B: int, steps: int, reps: int, profile: bool, quick: boo
         if r % 2:
             order.reverse()  # trainer, minimal, ...; then ..., minimal, trainer
         for variant in order:
+            if split is not None:
+                split.apply()
             out = runs[variant]()
+            if split is not None:
+                split.check()
             eps[variant].append(out["eps"])
             cpu[variant].append(out["cpu_ms_per_step"])
             compiles[variant].append(out["compiles"] if variant == "trainer" else out["compiles_after_first_step"])
@@ -433,12 +494,14 @@ def run_case(name: str, B: int, steps: int, reps: int, profile: bool, quick: boo
         row[f"{v}_examples_per_s_median"] = round(median(e), 1)
     row["ratio_of_medians"] = round(median(eps["trainer"]) / median(eps["minimal"]), 3)
     row["trainer_vs_minimal_paired_median"], row["trainer_vs_minimal_paired"] = paired("trainer", "minimal")
+    row["trainer_vs_minimal_paired_ci95"] = median_ci(row["trainer_vs_minimal_paired"])  # bootstrap, of the median
     for v, e in eps.items():
         row[f"{v}_examples_per_s"] = rounded(e, 1)
     # CPU cost per step (all threads), minimal / trainer: 1 = the Trainer costs no more CPU per step
     cpu_ratios = [m / t for m, t in zip(cpu["minimal"], cpu["trainer"], strict=True)]
     row["trainer_vs_minimal_cpu_paired_median"] = round(median(cpu_ratios), 3)
     row["trainer_vs_minimal_cpu_paired"] = rounded(cpu_ratios)
+    row["trainer_vs_minimal_cpu_paired_ci95"] = median_ci(cpu_ratios)
     for v, c in cpu.items():
         row[f"{v}_cpu_ms_per_step_median"] = round(median(c), 2)
     # the Trainer's programs compile in its first step only (accum is unused at k = 1)
@@ -487,6 +550,11 @@ def main() -> None:
     ap.add_argument("--steps", default="300,80", help="optimizer steps per run for B = 64, 512")
     ap.add_argument("--no-profile", action="store_true", help="skip the instrumented host-profile runs")
     ap.add_argument(
+        "--split-cores",
+        action="store_true",
+        help="XLA's threads on all cores but the last, Python's on the last (the host beside the device)",
+    )
+    ap.add_argument(
         "--quick", action="store_true", help="1 rep of short runs, profiled (the test; figures not meaningful)"
     )
     args = ap.parse_args()
@@ -495,6 +563,7 @@ def main() -> None:
     if args.quick:
         args.reps, args.steps = 1, "24,6"
     steps = dict(zip(CASES, (int(s) for s in args.steps.split(",")), strict=True))
+    split = CoreSplit() if args.split_cores else None
     cases = {}
     for name, B in CASES.items():
         with contextlib.redirect_stdout(sys.stderr):  # nothing but the JSON line on stdout
@@ -505,6 +574,7 @@ def main() -> None:
                 args.reps,
                 profile=not args.no_profile,
                 quick=args.quick,
+                split=split,
             )
     config = make_config(64, 1)
     out = {
@@ -519,6 +589,7 @@ def main() -> None:
         "log_every_steps": int(config.train.log_every_steps),
         "device_prefetch": int(config.train.device_prefetch),
         "trainer_vs_minimal_loop": min(c["trainer_vs_minimal_paired_median"] for c in cases.values()),
+        "split_cores": split.info() if split is not None else None,
         "cases": cases,
         "tqdm_update_us": tqdm_update_us(),
         # per train record; the loop writes one per step, in batches at each flush

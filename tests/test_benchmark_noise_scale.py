@@ -9,11 +9,14 @@ def test_noise_scale_overhead_benchmark_prints_one_json_line(run_benchmark):
     d = run_benchmark("noise_scale_overhead.py", "--quick", timeout=900)
     assert d["benchmark"] == "noise_scale_overhead" and d["machine"] and d["date"] and d["quick"]
     assert set(d["cases"]) == {"B64_k1"}  # --quick: one case
-    worst = min(c[f"{k}_on_vs_off_paired_median"] for c in d["cases"].values() for k in ("programs", "trainer"))
+    worst = min(c["programs_on_vs_off_paired_median"] for c in d["cases"].values())
     assert d["overhead"] == pytest.approx(1 - worst, abs=1e-4) and isinstance(d["meets_target"], bool)
+    low, high = d["overhead_ci95"]
+    assert low <= d["overhead"] <= high and d["trainer_overhead_ci95"][0] <= d["trainer_overhead"]
     for c in d["cases"].values():
+        assert len(c["programs_on_vs_off_paired"]) == d["program_reps"] == 2  # program cells beyond the runs
+        assert len(c["trainer_on_vs_off_paired"]) == d["reps"] == 1
         for kind in ("programs", "trainer"):
-            assert len(c[f"{kind}_on_vs_off_paired"]) == d["reps"] == 1
             assert c[f"{kind}_on_vs_off_paired_median"] > 0 and c[f"{kind}_cpu_on_vs_off_paired_median"] > 0
             assert c[f"{kind}_on_examples_per_s_median"] > 0 and c[f"{kind}_off_examples_per_s_median"] > 0
         assert c["trainer_noise_scale_simple"] is not None  # measured on all 8 devices (G = 8 = b)

@@ -15,6 +15,7 @@ from jax._src import monitoring as jax_monitoring
 
 from lbt import cli
 from lbt.config import base_config
+from lbt.data.registry import train_size
 from lbt.errors import TrainingError
 from lbt.train import metrics as metrics_lib
 from lbt.train.checkpoint import Checkpointer, SavePolicy, checkpoint_interval, next_multiple
@@ -291,12 +292,6 @@ def test_step_scalars_stay_on_the_device_until_a_value_changes():
     assert scalars(4, 0.05, 0.9)[0].item() == 4
 
 
-def t_N(c) -> int:
-    from lbt.data.registry import train_size
-
-    return train_size(c)
-
-
 def test_an_lr_that_changes_every_step_compiles_the_step_once(tmp_path):
     """Warmup sends new device scalars at every step: still one compilation of each program, and the
     records carry the plan's LR of every step."""
@@ -308,9 +303,11 @@ def test_an_lr_that_changes_every_step_compiles_the_step_once(tmp_path):
     c.schedule.batch.mode = "decay_lr"
     c.train.progress = False
     c.train.eval_every_epochs = 0.0
-    t = Trainer(c, tmp_path, stop_at_examples=int(0.5 * t_N(c)))  # stop in the middle of the warmup
+    t = Trainer(c, tmp_path, stop_at_examples=int(0.5 * train_size(c)))  # stop in the middle of the warmup
     summary = t.run()
-    restored, meta = t._resume(Checkpointer(tmp_path))
+    ckpt = Checkpointer(tmp_path)
+    restored, _ = t._resume(ckpt)
+    ckpt.close()
     records = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "microbatches" in r]  # train records
     # the device used the newest LR (the optimizer state holds the one of the last update)
     assert float(restored.opt_state.hyperparams["learning_rate"]) == np.float32(records[-1]["lr"]) > 0

@@ -60,19 +60,19 @@ class StepScalars:
     (one ``device_put`` each, on the host's critical path). Step schedules (every recipe of Smith
     et al. 2018, Goyal et al.'s steps) keep the values constant for thousands of steps, so the
     last triple is kept on the device and passed again; a changed value (a milestone, a warmup or
-    cosine step) is one batched transfer. Always passing device arrays keeps ``final``'s jit cache
+    cosine step) sends the three again. Always passing device arrays keeps ``final``'s jit cache
     key fixed, so the step still compiles once.
     """
 
     def __init__(self, mesh: Mesh):
         self._sharding = replicated(mesh)
-        self._key: tuple[int, float, float] | None = None
+        self._key: tuple | None = None
         self._arrays: tuple[jax.Array, ...] = ()
 
     def __call__(self, k: int, lr: float, momentum: float) -> tuple[jax.Array, ...]:
-        key = (int(k), float(np.float32(lr)), float(np.float32(momentum)))
+        host = (np.int32(k), np.float32(lr), np.float32(momentum))
+        key = tuple(v.item() for v in host)  # compared at the precision the step receives
         if key != self._key:
-            host = (np.int32(k), np.float32(lr), np.float32(momentum))
             # from per-device buffers: jax.device_put onto a multi-process sharding compiles a
             # broadcast program (two more compilations in a 2-process run); this compiles nothing
             self._arrays = tuple(jax.make_array_from_callback((), self._sharding, lambda _, v=v: v) for v in host)

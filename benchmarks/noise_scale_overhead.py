@@ -72,7 +72,7 @@ from lbt.data.registry import train_size  # noqa: E402
 from lbt.models import build_model  # noqa: E402
 from lbt.parallel.accumulate import build_programs  # noqa: E402
 from lbt.parallel.mesh import data_sharded, global_batch_array, make_mesh  # noqa: E402
-from lbt.train.loop import Trainer, grad_reduction  # noqa: E402
+from lbt.train.loop import Trainer, grad_reduction, noise_scale_every  # noqa: E402
 from lbt.train.noise_scale import across_devices  # noqa: E402
 from lbt.train.optim import make_optimizer  # noqa: E402
 from lbt.train.state import abstract_state  # noqa: E402
@@ -86,8 +86,9 @@ TARGET = 0.02
 COST_MODELS = {"resnet50": (32, 32, 224, 1000), "wrn16_4": (16, 128, 32, 10), "cnn": (8, 8, 8, 10)}
 
 
-def make_config(B: int, steps: int, measure: bool):
-    """base_config()'s digits CNN at constant B and LR, G = 8, ``steps`` optimizer steps, quiet."""
+def make_config(B: int, steps: int, measure: bool, every: int = 0):
+    """base_config()'s digits CNN at constant B and LR, G = 8, ``steps`` optimizer steps, quiet,
+    the noise scale measured every ``every``-th step (0: the backend's default)."""
     c = base_config()
     c.name = f"noise_overhead_B{B}"
     c.model.ghost_batch_size = G
@@ -95,6 +96,7 @@ def make_config(B: int, steps: int, measure: bool):
     c.train.progress = False
     c.train.eval_every_epochs = 0.0
     c.train.measure_noise_scale = measure
+    c.train.noise_scale_every = every
     c.checkpoint.every_epochs, c.checkpoint.every_examples, c.checkpoint.every_minutes = 0.0, 0, 0.0
     s = c.schedule
     s.global_batch = B
@@ -106,9 +108,9 @@ def make_config(B: int, steps: int, measure: bool):
 class Programs:
     """Both variants of the step (the Trainer's model, optimizer, data and reduction)."""
 
-    def __init__(self, B: int):
+    def __init__(self, B: int, every: int = 0):
         with tempfile.TemporaryDirectory() as wd:
-            t = Trainer(make_config(B, 1, True), wd)  # only built: model, optimizer, mesh, stream
+            t = Trainer(make_config(B, 1, True, every), wd)  # only built: model, optimizer, mesh, stream
         t.counter.close()  # compiles are not counted here
         assert t.measure_noise, t.noise_unmeasurable
         self.k = B // M
@@ -238,9 +240,9 @@ def model_cost(name: str) -> dict[str, Any]:
     return row
 
 
-def run_trainer(B: int, steps: int, measure: bool) -> tuple[float, float, dict[str, Any]]:
+def run_trainer(B: int, steps: int, measure: bool, every: int) -> tuple[float, float, dict[str, Any]]:
     with tempfile.TemporaryDirectory() as wd:
-        t = CpuTrainer(make_config(B, steps, measure), wd)
+        t = CpuTrainer(make_config(B, steps, measure, every), wd)
         s = t.run()
     return s["train_examples_per_s"], 1000 * t.cpu.seconds / (s["optimizer_steps"] - 1), s
 
@@ -262,20 +264,25 @@ def program_cells(progs: Programs, cell_steps: int, reps: int) -> dict[str, tupl
     return prog
 
 
-def program_cells_in_process(name: str, cell_steps: str, reps: int) -> dict[str, tuple[list[float], list[float]]]:
+def program_cells_in_process(
+    name: str, cell_steps: str, reps: int, every: int
+) -> dict[str, tuple[list[float], list[float]]]:
     """:func:`program_cells` in a fresh process (``--worker``), which compiles both variants anew."""
     cmd = [sys.executable, __file__, "--worker", name, "--program-reps", str(reps), "--cell-steps", cell_steps]
+    cmd += ["--noise-every", str(every)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ})
     return {v: tuple(c) for v, c in json.loads(out.stdout.strip().splitlines()[-1]).items()}
 
 
-def trainer_runs(B: int, steps: int, reps: int) -> tuple[dict[str, tuple[list[float], list[float]]], dict[str, Any]]:
+def trainer_runs(
+    B: int, steps: int, reps: int, every: int
+) -> tuple[dict[str, tuple[list[float], list[float]]], dict[str, Any]]:
     """``reps`` interleaved (on, off) pairs of whole Trainer runs, and the last summary with it on."""
     trainer: dict[str, tuple[list[float], list[float]]] = {v: ([], []) for v in ("on", "off")}
     summary_on: dict[str, Any] = {}
     for r in range(reps):
         for v in ["on", "off"] if r % 2 == 0 else ["off", "on"]:
-            eps, cpu, s = run_trainer(B, steps, v == "on")
+            eps, cpu, s = run_trainer(B, steps, v == "on", every)
             trainer[v][0].append(eps)
             trainer[v][1].append(cpu)
             summary_on = s if v == "on" else summary_on
@@ -286,16 +293,18 @@ def trainer_runs(B: int, steps: int, reps: int) -> tuple[dict[str, tuple[list[fl
     return trainer, summary_on
 
 
-def run_case(name: str, steps: int, cell_steps: str, reps: int, program_reps: int, processes: int) -> dict[str, Any]:
+def run_case(
+    name: str, steps: int, cell_steps: str, reps: int, program_reps: int, processes: int, every: int = 0
+) -> dict[str, Any]:
     B = CASES[name]
     cells = dict(zip(CASES, (int(s) for s in cell_steps.split(",")), strict=True))[name]
-    progs = Programs(B)
+    progs = Programs(B, every)
     for v in progs.progs:  # compile both
         jax.block_until_ready(progs.step(v))
     if processes > 1:  # each process's compiled programs are one draw of their layout
         groups = []
         for p in range(processes):
-            groups.append(program_cells_in_process(name, cell_steps, program_reps))
+            groups.append(program_cells_in_process(name, cell_steps, program_reps, every))
             g = groups[-1]
             ratio = median([a / b for a, b in zip(g["on"][0], g["off"][0], strict=True)])
             print(
@@ -305,7 +314,7 @@ def run_case(name: str, steps: int, cell_steps: str, reps: int, program_reps: in
     else:
         groups = [program_cells(progs, cells, program_reps)]
     prog = {v: tuple(sum((list(g[v][i]) for g in groups), []) for i in (0, 1)) for v in ("on", "off")}
-    trainer, summary_on = trainer_runs(B, steps, reps)
+    trainer, summary_on = trainer_runs(B, steps, reps, every)
     row: dict[str, Any] = {"global_batch": B, "k": B // M, "trainer_steps": steps, "cell_steps": cells}
     row["program_processes"] = processes
     for kind, data in (("programs", prog), ("trainer", trainer)):
@@ -366,6 +375,12 @@ def main() -> None:
         default=1,
         help="program cells in this many fresh processes per case, --program-reps each (1: in this one)",
     )
+    ap.add_argument(
+        "--noise-every",
+        type=int,
+        default=0,
+        help="train.noise_scale_every of the 'on' variant (0: the backend's default)",
+    )
     ap.add_argument("--worker", default="", help=argparse.SUPPRESS)  # one process's program cells of a case
     ap.add_argument(
         "--quick", action="store_true", help="1 rep of short runs of B64_k1 (the test; figures not meaningful)"
@@ -375,7 +390,7 @@ def main() -> None:
     logging.getLogger("lbt").setLevel(logging.WARNING)
     if args.worker:
         with contextlib.redirect_stdout(sys.stderr):
-            progs = Programs(CASES[args.worker])
+            progs = Programs(CASES[args.worker], args.noise_every)
             cells = dict(zip(CASES, (int(s) for s in args.cell_steps.split(",")), strict=True))[args.worker]
             for v in progs.progs:  # compile both
                 jax.block_until_ready(progs.step(v))
@@ -390,7 +405,9 @@ def main() -> None:
     cases = {}
     for name in filter(None, args.cases.split(",")):
         with contextlib.redirect_stdout(sys.stderr):  # nothing but the JSON line on stdout
-            cases[name] = run_case(name, steps[name], args.cell_steps, args.reps, args.program_reps, args.processes)
+            cases[name] = run_case(
+                name, steps[name], args.cell_steps, args.reps, args.program_reps, args.processes, args.noise_every
+            )
     out: dict[str, Any] = {
         "benchmark": "noise_scale_overhead",
         **run_info(),
@@ -399,6 +416,7 @@ def main() -> None:
         "reps": args.reps,
         "program_reps": args.program_reps,
         "program_processes": args.processes,
+        "noise_scale_every": noise_scale_every(make_config(M, 1, True, args.noise_every)),
         "quick": args.quick,
         "target": TARGET,
         **(headline(cases) if cases else {}),

@@ -93,6 +93,7 @@ def base_config() -> ml_collections.ConfigDict:
     # gradient noise scale B_simple (McCandlish et al. 2018) measured in every step's one reduction
     c.train.measure_noise_scale = True
     c.train.noise_scale_ema = 0.99  # EMA factor of the |G|^2 and tr(Σ) estimates (bias-corrected)
+    c.train.noise_scale_every = 0  # measure on every N-th step; 0 = auto (4 on CPU, 1 on GPU/TPU)
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_epochs = 0.0  # 0 = off (any of the three may trigger)
@@ -393,6 +394,11 @@ def _check_loop_fields(config: ml_collections.ConfigDict) -> None:
     beta = config.train.noise_scale_ema
     if not (isinstance(beta, (int, float)) and 0.0 <= beta < 1.0):
         raise ConfigError("train.noise_scale_ema", f"must be in [0, 1), got {beta!r}; e.g. 0.99")
+    every = config.train.noise_scale_every
+    if not (isinstance(every, int) and not isinstance(every, bool) and every >= 0):
+        raise ConfigError(
+            "train.noise_scale_every", f"must be an integer >= 0 (0 = auto), got {every!r}; e.g. 1 for every step"
+        )
     factor = config.schedule.batch.regime_factor
     if not (isinstance(factor, (int, float)) and factor >= 0 and factor != float("inf")):
         raise ConfigError(

@@ -122,34 +122,42 @@ def test_resume_after_sigkill_is_bit_identical(uninterrupted, tmp_path):
     events = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "event" in r]
     assert [r["event"] for r in events] == ["resume", "noise_regime", "noise_regime"]
     regime = [r for r in read_jsonl(a_dir / "metrics.jsonl") if r.get("event") == "noise_regime"]
-    assert [(r["phase"], r["step"]) for r in regime] == [(0, 40), (1, 46)]
+    # the EMA's time constant (40 steps at 0.975) in measured steps: every 4th on CPU, so the 11th
+    # measured step (state.step 40, logged as step 41) is the first that may warn
+    assert [(r["phase"], r["step"]) for r in regime] == [(0, 41), (1, 46)]
     assert events[1:] == regime  # regenerated after the resume, the killed run's copies dropped
 
 
 @pytest.mark.slow
 def test_uninterrupted_run_logs_the_noise_scale(uninterrupted):
-    """Every train record has the two squared norms, their batch sizes and the smoothed B_simple,
-    which is the bias-corrected EMA ratio of the per-step estimates; the summary has the last one."""
+    """Every train record has the big-batch squared norm, its batch sizes and the smoothed
+    B_simple; the measured steps (every 4th on CPU, ``train.noise_scale_every`` = 0) also the
+    small-batch norm, and B_simple is the bias-corrected EMA ratio (factor 0.975**4 per measured
+    step) of their estimates; the summary has the last one."""
     from lbt.schedules import noise as noise_lib
+    from lbt.train.loop import noise_scale_every
 
     a_dir, a_sum = uninterrupted
+    every = noise_scale_every(make_config())
+    assert every == 4
     recs = [r for r in train_records(a_dir) if "split" not in r]
     assert len(recs) == a_sum["optimizer_steps"] and {r["global_batch"] for r in recs} == {32, 64}
-    ema = noise_lib.NoiseScaleEMA(0.975)
+    ema, measured = noise_lib.NoiseScaleEMA(0.975**every), 0
     for r in recs:
         B = r["global_batch"]
-        assert (r["noise_batch_small"], r["noise_batch_big"], r["noise_estimator"]) == (
-            B // 8,
-            B,
-            "devices",
-        )  # B / D, B
+        assert (r["noise_batch_small"], r["noise_batch_big"]) == (B // 8, B)  # B / D, B
         assert r["grad_sq_norm_big"] == pytest.approx(r["grad_norm"] ** 2, rel=1e-4)
-        est = noise_lib.gradient_stats(r["grad_sq_norm_small"], r["grad_sq_norm_big"], B // 8, B)
-        assert (r["noise_g2_step"], r["noise_trace_step"]) == pytest.approx(est, rel=1e-12)
-        ema = ema.update(*est)
+        if (r["step"] - 1) % every:  # the state.step before this step is not a multiple of 4
+            assert r["grad_sq_norm_small"] is None and r["noise_g2_step"] is None and r["noise_estimator"] is None
+        else:
+            assert r["noise_estimator"] == "devices"
+            est = noise_lib.gradient_stats(r["grad_sq_norm_small"], r["grad_sq_norm_big"], B // 8, B)
+            assert (r["noise_g2_step"], r["noise_trace_step"]) == pytest.approx(est, rel=1e-12)
+            ema, measured = ema.update(*est), measured + 1
         assert r["noise_scale_simple"] == pytest.approx(ema.b_simple, rel=1e-9)
         assert r["grad_sq_norm_true"] == pytest.approx(ema.g2_hat, rel=1e-9)
-    assert a_sum["noise_scale_simple"] == recs[-1]["noise_scale_simple"] and a_sum["noise_scale_steps"] == len(recs)
+    assert measured == -(-len(recs) // every) and a_sum["noise_scale_steps"] == measured
+    assert a_sum["noise_scale_simple"] == recs[-1]["noise_scale_simple"]
     assert 10 < a_sum["noise_scale_simple"] < 10_000
 
 

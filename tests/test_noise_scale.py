@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import flax.linen as nn
 import jax
@@ -199,6 +200,75 @@ def test_norms_equal_a_per_device_reference():
         assert float(m["grad_sq_device"]) == pytest.approx(device, rel=1e-5)
         assert float(m["grad_sq_big"]) == pytest.approx(big, rel=1e-5)
     assert micro > device > big > 0  # fewer examples, noisier gradients
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_noise_every_takes_the_norms_on_every_nth_step_only(reduction):
+    """``noise_every`` = 3 (``train.noise_scale_every``): the steps whose ``state.step`` is a
+    multiple of 3 report the norms of ``noise_every`` = 1, the others ``noise_measured`` false and
+    zero norms; the training is bit for bit the same, and the step keeps its one all-reduce."""
+    n_dev, k, M, every = 4, 2, 16, 3
+    mesh = make_mesh(jax.devices()[:n_dev])
+    model, tx = _Probe(8), make_optimizer(base_config())
+    w0 = np.random.default_rng(1).normal(size=(8, 2)).astype(np.float32)
+    rng = np.random.default_rng(3)
+    data = [
+        (global_batch_array(mesh, rng.normal(size=(M, 8)).astype(np.float32), M),
+         global_batch_array(mesh, rng.integers(0, 2, size=M).astype(np.int32), M))
+        for _ in range(k)
+    ]  # fmt: skip
+    hyper = np.int32(k), np.float32(0.05), np.float32(0.9)
+    runs, shapes = {}, {}
+    for n in (1, every, 0):  # 0: the measurement off
+        progs = build_programs(
+            model, tx, mesh, num_classes=2, bn_momentum=0.9, reduction=reduction,
+            measure_noise=n > 0, microbatch_norms=n > 0, noise_every=max(n, 1),
+        )  # fmt: skip
+        params = {"w": jnp.asarray(w0)}
+        state = jax.device_put(
+            TrainState(params, {"unused": jnp.zeros(())}, tx.init(params), jnp.zeros((), jnp.int32)), replicated(mesh)
+        )
+        acc = progs.zeros_acc(state)
+        hlo = progs.final.lower(state, acc, *data[-1], *hyper).compile().as_text()
+        reduces = [ln.split("=", 1)[1].split("all-reduce", 1)[0] for ln in hlo.splitlines() if " all-reduce(" in ln]
+        shapes[n] = sorted(re.findall(r"f32\[[0-9,]*\]", reduces[0])) if len(reduces) == 1 else reduces
+        metrics = []
+        for _ in range(7):
+            acc = progs.accum(state, acc, *data[0])
+            state, acc, m = progs.final(state, acc, *data[1], *hyper)
+            metrics.append(jax.tree.map(np.asarray, m))
+        runs[n] = jax.tree.map(np.asarray, state), metrics
+    assert shapes[every] == shapes[1] != shapes[0]  # one all-reduce, the same operands with the norms on
+    assert np.array_equal(runs[every][0].params["w"], runs[1][0].params["w"])
+    assert np.array_equal(runs[0][0].params["w"], runs[1][0].params["w"])
+    assert int(runs[every][0].step) == 7
+    for step, (m1, m) in enumerate(zip(runs[1][1], runs[every][1], strict=True)):
+        assert "noise_measured" not in m1 and bool(m["noise_measured"]) == (step % every == 0)
+        assert float(m["grad_sq_big"]) == float(m1["grad_sq_big"]) > 0  # the reduced gradient's, always
+        for key in ("grad_sq_device", "grad_sq_micro"):
+            want = float(m1[key]) if step % every == 0 else 0.0
+            assert float(m[key]) == pytest.approx(want, rel=1e-6, abs=0.0), (step, key)
+
+
+def test_monitor_absorbs_only_measured_steps_with_beta_to_the_n():
+    """``every`` = 4: unmeasured steps are logged without a small-batch norm and not absorbed; the
+    EMA factor per measured step is beta**4, so the time constant stays 1 / (1 - beta) steps."""
+    mon = NoiseScaleMonitor(8, 64, 8, beta=0.9, factor=0.0, every=4)
+    assert mon.beta == pytest.approx(0.9**4) and mon.min_steps == math.ceil(1 / (1 - 0.9**4))
+    g2, trace = 1.0, 40.0
+    for step in range(12):
+        rec = {"step": step, "examples_seen": 64 * step, "epoch": 0.0, "global_batch": 64, "microbatches": 1}
+        rec["phase"] = 0
+        dev = {"grad_sq_device": g2 + trace / 8, "grad_sq_big": g2 + trace / 64, "finite": True}
+        dev["noise_measured"] = step % 4 == 0
+        mon.observe(rec, dev)
+        if step % 4:
+            assert rec["grad_sq_norm_small"] is None and rec["noise_g2_step"] is None
+        else:
+            assert rec["noise_g2_step"] == pytest.approx(g2) and rec["noise_trace_step"] == pytest.approx(trace)
+        assert rec["grad_sq_norm_big"] == pytest.approx(g2 + trace / 64)
+        assert rec["noise_scale_simple"] == pytest.approx(40.0)
+    assert mon.ema.count == 3 and mon.state_dict()["ema"]["beta"] == pytest.approx(0.9**4)
 
 
 # ---------------------------------------------------------------------------------------------

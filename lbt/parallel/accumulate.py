@@ -120,8 +120,17 @@ def _step_bodies(
     lut: np.ndarray | None,
     measure_noise: bool = False,
     microbatch_norms: bool = False,
+    noise_every: int = 1,
 ):
     """The per-device bodies of ``accum``, ``final`` and ``apply`` (run inside ``shard_map``)."""
+
+    def measured_sq_norm(state: TrainState, grads) -> jax.Array:
+        """:func:`_sq_norm` of ``grads`` on a measured step (``state.step % noise_every == 0``),
+        else 0 without reading them (``lax.cond`` runs one branch)."""
+        if noise_every == 1:
+            return _sq_norm(grads)
+        zero = lambda g: jnp.zeros((), jnp.float32)  # noqa: E731
+        return jax.lax.cond(state.step % noise_every == 0, _sq_norm, zero, grads)
 
     def local_grads(state: TrainState, images, labels):
         x = normalize_on_device(images, lut)
@@ -149,7 +158,7 @@ def _step_bodies(
             "loss": acc["loss"] + loss.astype(jnp.float32)[None],
         }
         if "sq" in acc:  # |g_i|^2 of this device's microbatch gradient (only in accum: final's is not needed)
-            out["sq"] = acc["sq"] + _sq_norm(grads)[None] if norms else acc["sq"]
+            out["sq"] = acc["sq"] + measured_sq_norm(state, grads)[None] if norms else acc["sq"]
         return out
 
     def accum_body(state: TrainState, acc, images, labels):
@@ -158,7 +167,7 @@ def _step_bodies(
     def apply_body(state: TrainState, acc, k, lr, momentum):
         local = jax.tree.map(lambda a: a[0], acc)
         if measure_noise:  # |A_d|^2: this device's gradient sum over its k microbatches (k b examples)
-            local["sqd"] = _sq_norm(local["grads"])
+            local["sqd"] = measured_sq_norm(state, local["grads"])
         mean = _pmean(local, reduction)  # the one reduction of the step
         kf = k.astype(jnp.float32)
         grads = jax.tree.map(lambda g: g / kf, mean["grads"])
@@ -167,6 +176,8 @@ def _step_bodies(
         noise = {}
         if measure_noise:  # McCandlish et al. 2018, A.1: squared norms at k b = B / D and at B
             noise = {"grad_sq_device": mean["sqd"] / (kf * kf), "grad_sq_big": jnp.square(grad_norm)}
+            if noise_every > 1:  # the steps whose norms were taken (the others report 0)
+                noise["noise_measured"] = state.step % noise_every == 0
             if microbatch_norms:  # the mean |g_i|^2 of the first k - 1 microbatches (b examples)
                 noise["grad_sq_micro"] = mean["sq"] / jnp.maximum(kf - 1.0, 1.0)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -206,6 +217,7 @@ def build_programs(
     input_lut: np.ndarray | None = None,
     measure_noise: bool = False,
     microbatch_norms: bool = False,
+    noise_every: int = 1,
 ) -> TrainPrograms:
     """Build ``accum``, ``final``, ``apply``, ``evaluate`` and the zero factories for ``model``
     (``measure_noise``: the squared norms of the gradient noise scale in ``final``'s metrics)."""
@@ -223,6 +235,7 @@ def build_programs(
         input_lut,
         measure_noise,
         measure_noise and microbatch_norms,
+        int(noise_every),
     )
     accum_body, final_body, apply_body = bodies
     batch = (P(DATA), P(DATA))  # images, labels

@@ -57,10 +57,12 @@ def stop_after(plan: Any, start: int, steps: int) -> int:
 
 
 def measure_config(config: Any) -> Any:
-    """The config of the measurement run: the same training, measuring, quiet, one final save."""
+    """The config of the measurement run: the same training, measuring every step (its cost does
+    not matter here; the more samples, the tighter the estimate), quiet, one final save."""
     c = config.copy_and_resolve_references()
     with c.unlocked():
         c.train.measure_noise_scale = True
+        c.train.noise_scale_every = 1
         c.train.eval_every_epochs = 0.0
         c.checkpoint.every_epochs, c.checkpoint.every_examples, c.checkpoint.every_minutes = 0.0, 0, 0.0
         c.checkpoint.keep = 1

@@ -53,8 +53,11 @@ class NoiseScaleMonitor:
     """Estimates, EMAs and the regime warning of one run (see the module docstring).
 
     ``num_devices`` D, ``microbatch`` M and ``ghost_batch_size`` G choose the estimator
-    (:func:`across_devices`); ``beta`` is the EMA factor (``train.noise_scale_ema``), ``factor``
-    the regime factor (0 = no warning).
+    (:func:`across_devices`); ``beta`` is the EMA factor per step (``train.noise_scale_ema``),
+    ``factor`` the regime factor (0 = no warning). With ``every`` = n > 1 the programs take the
+    norms on every n-th step only (``train.noise_scale_every``; the others report
+    ``noise_measured`` false and are not absorbed), and the EMA factor per measured step is
+    beta**n, so the EMA's time constant stays 1 / (1 - beta) steps.
     """
 
     def __init__(
@@ -66,11 +69,13 @@ class NoiseScaleMonitor:
         factor: float,
         state: dict[str, Any] | None = None,
         adaptive: Any = None,
+        every: int = 1,
     ):
         self.num_devices = int(num_devices)
         self.batch_small = int(microbatch) // self.num_devices
         self.across = across_devices(ghost_batch_size, microbatch, num_devices)
-        self.beta = float(beta)
+        self.every = max(1, int(every))
+        self.beta = float(beta) ** self.every
         self.factor = float(factor)
         state = state or {}
         self.ema = noise_lib.NoiseScaleEMA.from_dict(state.get("ema"), self.beta)
@@ -96,6 +101,8 @@ class NoiseScaleMonitor:
 
     def _estimate(self, B: int, k: int, dev: dict[str, Any]) -> tuple[float | None, int, tuple | None]:
         """(the small-batch squared norm, its batch size, the step's (|G|^2, tr Σ) or None)."""
+        if not bool(dev.get("noise_measured", True)):  # train.noise_scale_every: not this step
+            return None, B // self.num_devices if self.across else self.batch_small, None
         q, big = float(dev["grad_sq_device"]), float(dev["grad_sq_big"])
         if self.across:  # the D device gradients over B / D examples each, and their mean over B
             return q, B // self.num_devices, noise_lib.gradient_stats(q, big, B // self.num_devices, B)

@@ -90,7 +90,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.device_prefetch = 2  # microbatches transferred to the devices ahead of use
     c.train.peak_flops = 0.0  # FLOP/s of one device for MFU; 0 = the table in lbt/train/perf.py
     c.train.profile_steps = ()  # (start, count): jax.profiler trace of those steps to WORKDIR/profile
-    # gradient noise scale B_simple (McCandlish et al. 2018) measured in every step's one reduction
+    # gradient noise scale B_simple (McCandlish et al. 2018) measured in the step's one reduction
     c.train.measure_noise_scale = True
     c.train.noise_scale_ema = 0.99  # EMA factor of the |G|^2 and tr(Σ) estimates (bias-corrected)
     c.train.noise_scale_every = 0  # measure on every N-th step; 0 = auto (4 on CPU, 1 on GPU/TPU)
@@ -395,9 +395,10 @@ def _check_loop_fields(config: ml_collections.ConfigDict) -> None:
     if not (isinstance(beta, (int, float)) and 0.0 <= beta < 1.0):
         raise ConfigError("train.noise_scale_ema", f"must be in [0, 1), got {beta!r}; e.g. 0.99")
     every = config.train.noise_scale_every
-    if not (isinstance(every, int) and not isinstance(every, bool) and every >= 0):
+    if not (isinstance(every, int) and not isinstance(every, bool) and 0 <= every <= 1_000_000):
         raise ConfigError(
-            "train.noise_scale_every", f"must be an integer >= 0 (0 = auto), got {every!r}; e.g. 1 for every step"
+            "train.noise_scale_every",
+            f"must be an integer in [0, 1000000] (0 = auto), got {every!r}; e.g. 1 for every step",
         )
     factor = config.schedule.batch.regime_factor
     if not (isinstance(factor, (int, float)) and factor >= 0 and factor != float("inf")):

@@ -42,7 +42,11 @@ CASES = [
     (["--config.optimizer.name=adamw"], "config.optimizer.name: unknown optimizer 'adamw'", "lamb"),
     (["--config.train.eval_every_epochs=abc"], "config.train.eval_every_epochs: cannot parse 'abc' as float", ""),
     (["--config.train.noise_scale_ema=1.0"], "config.train.noise_scale_ema: must be in [0, 1), got 1.0", "0.99"),
-    (["--config.train.noise_scale_every=-1"], "config.train.noise_scale_every: must be an integer >= 0", "e.g. 1"),
+    (
+        ["--config.train.noise_scale_every=-1"],
+        "config.train.noise_scale_every: must be an integer in [0, 1000000]",
+        "e.g. 1",
+    ),
     (["--config.schedule.batch.regime_factor=-1"], "config.schedule.batch.regime_factor: must be a finite", ">= 0"),
 ]
 

@@ -48,6 +48,43 @@ def test_ema_is_bias_corrected_skips_non_finite_and_round_trips_through_json():
     assert noise_lib.NoiseScaleEMA(0.9).update(-1.0, 5.0).b_simple == math.inf  # noise swamps the signal
 
 
+def test_ema_bias_correction_survives_a_new_beta_and_an_old_checkpoint():
+    """The correction is the weight the EMA actually holds, so a run resumed with another factor
+    (``train.noise_scale_every`` or ``noise_scale_ema`` changed) still returns a constant input
+    exactly; a checkpoint written before ``weight`` existed gets it from its own constant beta."""
+    ema = noise_lib.NoiseScaleEMA(0.9)
+    for _ in range(5):
+        ema = ema.update(2.0, 10.0)
+    assert ema.weight == pytest.approx(1 - 0.9**5, rel=1e-12)
+    old = {k: v for k, v in ema.to_dict().items() if k != "weight"}
+    assert noise_lib.NoiseScaleEMA.from_dict(old, 0.9).weight == pytest.approx(ema.weight, rel=1e-12)
+    resumed = noise_lib.NoiseScaleEMA.from_dict(json.loads(json.dumps(ema.to_dict())), 0.9**4)
+    for _ in range(3):
+        resumed = resumed.update(2.0, 10.0)
+    assert resumed.g2_hat == pytest.approx(2.0, rel=1e-12) and resumed.trace_hat == pytest.approx(10.0, rel=1e-12)
+    assert resumed.count == 8  # with 1 - beta**count instead, g2_hat would be 2 x 0.97 / 0.57 = 3.4
+
+
+def test_adaptive_resume_refuses_another_measurement_cadence():
+    """An adaptive run's B follows its noise-scale EMA, so resuming it with another
+    ``train.noise_scale_every`` (whose auto value depends on the backend) or ``noise_scale_ema``
+    is refused with one line naming the field and the value to pass."""
+    from lbt.errors import ConfigError
+    from lbt.train.loop import _check_adaptive_noise_resume
+
+    mon = NoiseScaleMonitor(8, 64, 8, beta=0.99, factor=0.0, every=4)
+    state = json.loads(json.dumps(mon.state_dict()))
+    _check_adaptive_noise_resume(state, 4, 0.99)  # the same cadence and factor: resumes
+    with pytest.raises(ConfigError) as e:
+        _check_adaptive_noise_resume(state, 1, 0.99)
+    assert str(e.value).startswith("config.train.noise_scale_every: ") and "noise_scale_every=4" in str(e.value)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match=r"^config.train.noise_scale_ema: .* with 0.99 per step, this run with 0.9;"):
+        _check_adaptive_noise_resume(state, 4, 0.9)
+    with pytest.raises(ConfigError, match="every 1 step"):  # a checkpoint from before the option: every step
+        _check_adaptive_noise_resume({"ema": {"beta": 0.99}}, 4, 0.99)
+
+
 def test_ratio_estimate_and_its_standard_error():
     r, se = noise_lib.ratio_estimate([10.0, 10.0, 10.0], [2.0, 2.0, 2.0])
     assert (r, se) == (5.0, 0.0)
@@ -204,9 +241,10 @@ def test_norms_equal_a_per_device_reference():
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_noise_every_takes_the_norms_on_every_nth_step_only(reduction):
-    """``noise_every`` = 3 (``train.noise_scale_every``): the steps whose ``state.step`` is a
-    multiple of 3 report the norms of ``noise_every`` = 1, the others ``noise_measured`` false and
-    zero norms; the training is bit for bit the same, and the step keeps its one all-reduce."""
+    """``noise_every`` = 3 (``train.noise_scale_every``): the steps that complete step 3, 6, ...
+    (``state.step + 1``) report the norms of ``noise_every`` = 1, the others ``noise_measured``
+    false and zero norms; the training is bit for bit the same, and the step keeps its one
+    all-reduce with the same operands."""
     n_dev, k, M, every = 4, 2, 16, 3
     mesh = make_mesh(jax.devices()[:n_dev])
     model, tx = _Probe(8), make_optimizer(base_config())
@@ -243,10 +281,10 @@ def test_noise_every_takes_the_norms_on_every_nth_step_only(reduction):
     assert np.array_equal(runs[0][0].params["w"], runs[1][0].params["w"])
     assert int(runs[every][0].step) == 7
     for step, (m1, m) in enumerate(zip(runs[1][1], runs[every][1], strict=True)):
-        assert "noise_measured" not in m1 and bool(m["noise_measured"]) == (step % every == 0)
+        assert "noise_measured" not in m1 and bool(m["noise_measured"]) == ((step + 1) % every == 0)
         assert float(m["grad_sq_big"]) == float(m1["grad_sq_big"]) > 0  # the reduced gradient's, always
         for key in ("grad_sq_device", "grad_sq_micro"):
-            want = float(m1[key]) if step % every == 0 else 0.0
+            want = float(m1[key]) if (step + 1) % every == 0 else 0.0
             assert float(m[key]) == pytest.approx(want, rel=1e-6, abs=0.0), (step, key)
 
 

@@ -23,12 +23,16 @@ accelerators). Both give identical results. ``apply`` (the reduction and update 
 the reference the tests compare ``final`` with.
 
 The gradient noise scale (McCandlish et al. 2018, appendix A.1) is measured for free with
-``measure_noise=True``: each ``accum`` call adds the squared norm of its device's microbatch
-gradient (b = M / D examples) to a per-device scalar accumulator, and that scalar rides in the
-step's one reduction as one more element (``flat``) or one more scalar operand (``per_leaf``).
-``final`` returns ``grad_sq_small`` (the mean squared norm of the D·k gradients over b examples)
-and ``grad_sq_big`` (the squared norm of the all-reduced gradient over B) in its metrics; the
-loop turns them into |G|^2, tr(Σ) and B_simple (``lbt.schedules.noise``).
+``measure_noise=True``: before the reduction each device takes |A_d|^2, the squared norm of its
+accumulated gradient over its k b examples (:func:`_sq_norm`), and that scalar rides in the step's
+one reduction as one more element (``flat``) or one more scalar operand (``per_leaf``). ``final``
+returns ``grad_sq_device`` (the mean over devices of |A_d|^2 / k^2) and ``grad_sq_big`` (the
+squared norm of the all-reduced gradient over B) in its metrics; with ``microbatch_norms`` (the
+``microbatches`` estimator) each ``accum`` call also adds |g_i|^2 of its microbatch (b examples)
+to a per-device scalar, returned as ``grad_sq_micro``. With ``noise_every`` = n > 1 the norms are
+taken only on the steps that complete a multiple of n (a ``lax.cond``; the others add 0 and
+return ``noise_measured`` false), with the same reduction. The loop turns them into |G|^2, tr(Σ)
+and B_simple (``lbt.train.noise_scale``, ``lbt.schedules.noise``).
 
 Input images arrive as the source's wire dtype (uint8 for image data) and are normalised on the
 device by a lookup table (``input_lut``, float32 ``[C, 256]``), which reproduces the host
@@ -124,13 +128,19 @@ def _step_bodies(
 ):
     """The per-device bodies of ``accum``, ``final`` and ``apply`` (run inside ``shard_map``)."""
 
+    def measured(state: TrainState) -> jax.Array:
+        """Whether this step takes the norms: the step it completes, ``state.step + 1`` (the step
+        number in metrics.jsonl), is a multiple of ``noise_every``, as TensorBoard's points are of
+        ``train.log_every_steps``."""
+        return (state.step + 1) % noise_every == 0
+
     def measured_sq_norm(state: TrainState, grads) -> jax.Array:
-        """:func:`_sq_norm` of ``grads`` on a measured step (``state.step % noise_every == 0``),
-        else 0 without reading them (``lax.cond`` runs one branch)."""
+        """:func:`_sq_norm` of ``grads`` on a measured step, else 0 without reading them
+        (``lax.cond`` runs one branch)."""
         if noise_every == 1:
             return _sq_norm(grads)
         zero = lambda g: jnp.zeros((), jnp.float32)  # noqa: E731
-        return jax.lax.cond(state.step % noise_every == 0, _sq_norm, zero, grads)
+        return jax.lax.cond(measured(state), _sq_norm, zero, grads)
 
     def local_grads(state: TrainState, images, labels):
         x = normalize_on_device(images, lut)
@@ -177,7 +187,7 @@ def _step_bodies(
         if measure_noise:  # McCandlish et al. 2018, A.1: squared norms at k b = B / D and at B
             noise = {"grad_sq_device": mean["sqd"] / (kf * kf), "grad_sq_big": jnp.square(grad_norm)}
             if noise_every > 1:  # the steps whose norms were taken (the others report 0)
-                noise["noise_measured"] = state.step % noise_every == 0
+                noise["noise_measured"] = measured(state)
             if microbatch_norms:  # the mean |g_i|^2 of the first k - 1 microbatches (b examples)
                 noise["grad_sq_micro"] = mean["sq"] / jnp.maximum(kf - 1.0, 1.0)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)

@@ -134,15 +134,18 @@ class NoiseScaleEMA:
     McCandlish et al. 2018 (A.1) smooth the two estimates separately and take the ratio of the
     averages (the ratio of two noisy unbiased estimates is biased; the ratio of their averages
     much less so). ``g2`` and ``trace`` are the raw EMA accumulators ``m <- beta m + (1 - beta) x``
-    (started at 0), ``count`` the steps absorbed; the bias-corrected values divide by
-    ``1 - beta**count`` (Kingma & Ba 2015, section 3). Non-finite estimates are skipped.
-    Immutable and JSON-exact (:meth:`to_dict`), so a checkpoint restores it bit for bit.
+    (started at 0), ``count`` the steps absorbed, ``weight`` the total weight of what they hold,
+    ``w <- beta w + (1 - beta)`` = ``1 - beta**count`` for a constant beta; the bias-corrected values
+    divide by it (Kingma & Ba 2015, section 3), which stays right if a resumed run continues with
+    another beta. Non-finite estimates are skipped. Immutable and JSON-exact (:meth:`to_dict`),
+    so a checkpoint restores it bit for bit.
     """
 
     beta: float
     g2: float = 0.0
     trace: float = 0.0
     count: int = 0
+    weight: float = 0.0
 
     def update(self, g2: float, trace: float) -> NoiseScaleEMA:
         """The EMA after one more step's estimates (unchanged if either is not finite)."""
@@ -150,11 +153,15 @@ class NoiseScaleEMA:
             return self
         b = self.beta
         return dataclasses.replace(
-            self, g2=b * self.g2 + (1.0 - b) * g2, trace=b * self.trace + (1.0 - b) * trace, count=self.count + 1
+            self,
+            g2=b * self.g2 + (1.0 - b) * g2,
+            trace=b * self.trace + (1.0 - b) * trace,
+            count=self.count + 1,
+            weight=b * self.weight + (1.0 - b),
         )
 
     def _correction(self) -> float:
-        return 1.0 - self.beta**self.count
+        return self.weight
 
     @property
     def g2_hat(self) -> float | None:
@@ -173,14 +180,17 @@ class NoiseScaleEMA:
         return b_simple_from_stats(self.g2, self.trace) if self.count else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"beta": self.beta, "g2": self.g2, "trace": self.trace, "count": self.count}
+        return {"beta": self.beta, "g2": self.g2, "trace": self.trace, "count": self.count, "weight": self.weight}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None, beta: float) -> NoiseScaleEMA:
-        """The EMA stored by :meth:`to_dict` (a fresh one for None), continued with ``beta``."""
+        """The EMA stored by :meth:`to_dict` (a fresh one for None), continued with ``beta``
+        (a checkpoint without ``weight`` was written with the constant ``d["beta"]``)."""
         if not d:
             return cls(beta)
-        return cls(float(beta), float(d["g2"]), float(d["trace"]), int(d["count"]))
+        count = int(d["count"])
+        weight = float(d["weight"]) if "weight" in d else 1.0 - float(d["beta"]) ** count
+        return cls(float(beta), float(d["g2"]), float(d["trace"]), count, weight)
 
 
 def ratio_estimate(traces: Sequence[float], g2s: Sequence[float]) -> tuple[float, float]:

@@ -3,7 +3,7 @@
 McCandlish, Kaplan, Amodei et al. 2018, *An Empirical Model of Large-Batch Training*: the critical
 batch size, past which a larger batch saves few optimizer steps and costs examples, is about the
 noise scale B_noise, which B_simple = tr(Σ) / |G|^2 estimates (eq. 2.8; appendix A.1 for the
-estimator the trainer runs in every step, ``lbt.train.noise_scale``).
+estimator the trainer runs in its steps, ``lbt.train.noise_scale``).
 
 The run. A short :class:`~lbt.train.loop.Trainer` run of ``--steps`` optimizer steps of the
 config's own plan (same model, data order, B, ε and m), stopped early

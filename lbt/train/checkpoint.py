@@ -56,7 +56,7 @@ COSMETIC_FIELDS = (
     "train.profile_steps",
     "train.measure_noise_scale",  # measuring B_simple does not change the training computation
     "train.noise_scale_ema",
-    "train.noise_scale_every",  # which steps take the squared norms, not the training computation
+    "train.noise_scale_every",  # which steps take the squared norms (adaptive runs: checked on resume)
     "schedule.batch.regime_factor",
     "checkpoint.",
 )

@@ -457,6 +457,8 @@ class Trainer:
             saved = (state or {}).get("adaptive")
             adaptive = AdaptiveBatch(self.plan, cfg.schedule.batch, self.plan.phases[0].global_batch, saved)
         every = noise_scale_every(cfg)
+        if state and adaptive is not None:
+            _check_adaptive_noise_resume(state, every, beta)
         return NoiseScaleMonitor(self.num_devices, self.M, G, beta, factor, state, adaptive=adaptive, every=every)
 
     def _open_io(self, stack: contextlib.ExitStack, ckpt: Checkpointer, rs: RunState, resumed: bool) -> _Io:
@@ -677,6 +679,29 @@ def _check_adaptive_layout(config, M: int, num_devices: int) -> None:
         )
 
 
+def _check_adaptive_noise_resume(state: dict[str, Any], every: int, beta: float) -> None:
+    """An adaptive run decides B from the noise-scale EMA, so it resumes only with the EMA it was
+    measuring: the same steps (``train.noise_scale_every``, whose auto value depends on the
+    backend) and the same factor (``train.noise_scale_ema``); otherwise its decisions, and the
+    training, would differ from an uninterrupted run's."""
+    saved = int(state.get("every", 1))  # checkpoints from before the option measured every step
+    if saved != every:
+        raise ConfigError(
+            "train.noise_scale_every",
+            f"this adaptive run's checkpoint measured the noise scale every {saved} step(s), this run every {every} "
+            f"(0 = auto: 4 on CPU, 1 on GPU/TPU); pass --config.train.noise_scale_every={saved} to resume its "
+            "decisions exactly",
+        )
+    per_measured = float(beta) ** every  # as NoiseScaleMonitor derives it
+    saved_beta = float(state.get("ema", {}).get("beta", per_measured))
+    if saved_beta != per_measured:
+        raise ConfigError(
+            "train.noise_scale_ema",
+            f"this adaptive run's checkpoint smoothed the noise scale with {saved_beta ** (1 / every):.6g} per step, "
+            f"this run with {beta}; resume with the checkpoint's value to keep its decisions exact",
+        )
+
+
 def grad_reduction(config) -> str:
     """``train.grad_reduction``; ``auto`` is ``flat`` on CPU (XLA:CPU does one rendezvous per
     all-reduce operand) and ``per_leaf`` on GPU/TPU (each leaf's all-reduce can start as soon as its
@@ -689,9 +714,9 @@ def grad_reduction(config) -> str:
 
 def noise_scale_every(config) -> int:
     """``train.noise_scale_every``; ``0`` (auto) is 4 on CPU and 1 on GPU/TPU. Taking the squared
-    norm reads the gradient once more; on XLA:CPU's simulated devices that pass is about 3% of a
-    small model's step (docs/benchmarks.md), a quarter of it every fourth step; on an accelerator
-    it is a bound of 0.13% of a ResNet-50 step, so every step is measured there."""
+    norm reads the gradient once more; on XLA:CPU's simulated devices that cost 2.8% of the digits
+    CNN's step at k = 1 measured every step and 0.5% every fourth (docs/benchmarks.md, runs 3 and
+    4); on an accelerator it is bounded by 0.13% of a ResNet-50 step, so every step is measured."""
     n = int(config.train.noise_scale_every)
     if n >= 1:
         return n

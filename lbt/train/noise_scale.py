@@ -1,6 +1,7 @@
 """The loop's side of the gradient noise scale: per-step estimates, their EMAs, the regime warning.
 
-Each step's ``final`` program returns squared norms measured where they are free
+Each measured step's ``final`` program (every step, or every n-th: ``train.noise_scale_every``)
+returns squared norms measured where they are free
 (``lbt.parallel.accumulate``, ``measure_noise=True``): ``grad_sq_device``, the mean over the D
 devices of |A_d|^2, each device's gradient over its k b examples (b = M / D); ``grad_sq_big``,
 |G_B|^2 of the all-reduced gradient over the step's B examples; and, where the device gradients
@@ -18,7 +19,8 @@ Its state (the EMA and the phases already warned about) is part of the checkpoin
 (:meth:`NoiseScaleMonitor.state_dict`), so a resumed run logs exactly the values of an
 uninterrupted one; an adaptive batch mode can read the same logged, checkpointed state.
 
-The regime warning: once the EMA has absorbed ``1 / (1 - beta)`` steps (its time constant), a
+The regime warning: once the EMA has absorbed its time constant, ``ceil(1 / (1 - beta**n))``
+measured steps (about ``1 / (1 - beta)`` steps; n = ``train.noise_scale_every``), a
 step whose planned B exceeds ``schedule.batch.regime_factor`` × B_simple logs one warning for its
 phase and writes a ``noise_regime`` event to metrics.jsonl (Smith, Elsen & De 2020's
 curvature-dominated regime; see :data:`lbt.schedules.noise.DEFAULT_REGIME_FACTOR`).
@@ -90,7 +92,7 @@ class NoiseScaleMonitor:
 
     def state_dict(self) -> dict[str, Any]:
         """The checkpointed state (JSON: the floats round-trip exactly)."""
-        out = {"ema": self.ema.to_dict(), "warned_phases": list(self.warned)}
+        out = {"ema": self.ema.to_dict(), "warned_phases": list(self.warned), "every": self.every}
         if self.adaptive is not None:
             out["adaptive"] = self.adaptive.state_dict()
         return out

@@ -148,6 +148,8 @@ class Trainer:
         self.noise_unmeasurable = unmeasurable_reason(G, self.M, self.num_devices, max_k)
         self.measure_noise = bool(config.train.measure_noise_scale) and self.noise_unmeasurable is None
         self._init_fn: Callable[[], TrainState] | None = None
+        #: train.noise_scale_every resolved once, for the programs and the monitor alike
+        self.noise_every = noise_scale_every(config)
         # uint8 on the wire, normalised on the device; injected NaN images need the float32 wire
         self.raw = self.faults.nan_at is None
         self.programs: TrainPrograms = build_programs(
@@ -161,7 +163,7 @@ class Trainer:
             input_lut=self.splits.train.input_lut if self.raw else None,
             measure_noise=self.measure_noise,
             microbatch_norms=not across_devices(G, self.M, self.num_devices),
-            noise_every=noise_scale_every(config),
+            noise_every=self.noise_every,
         )
         process = jax.process_index(), jax.process_count()
         self.stream = TrainStream(self.splits.train, config.seed, self.M, *process, raw=self.raw)
@@ -456,9 +458,9 @@ class Trainer:
         if self.plan.mode == "adaptive":
             saved = (state or {}).get("adaptive")
             adaptive = AdaptiveBatch(self.plan, cfg.schedule.batch, self.plan.phases[0].global_batch, saved)
-        every = noise_scale_every(cfg)
         if state and adaptive is not None:
-            _check_adaptive_noise_resume(state, every, beta)
+            _check_adaptive_noise_resume(state, self.noise_every, beta)
+        every = self.noise_every
         return NoiseScaleMonitor(self.num_devices, self.M, G, beta, factor, state, adaptive=adaptive, every=every)
 
     def _open_io(self, stack: contextlib.ExitStack, ckpt: Checkpointer, rs: RunState, resumed: bool) -> _Io:
